@@ -1,0 +1,3 @@
+"""rho-jax: Selective Language Modeling (Rho-1) in JAX/Flax."""
+
+__version__ = "0.1.0"
