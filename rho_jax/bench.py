@@ -1,0 +1,125 @@
+"""`rho-jax bench`: step time, tokens/s, MFU and peak memory for CLM, SLM (cached / online) and
+score-only, on random tokens. Imports neither seqio nor tensorflow, so it runs on a bare GPU box.
+"""
+
+from __future__ import annotations
+
+import datetime
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rho_jax import config as config_lib
+from rho_jax import flops, model, score, sharding, train
+
+MODES = ("clm", "slm_cached", "slm_online", "score")
+
+
+def random_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int, docs_per_row: int = 1) -> dict:
+    """Random tokens packed `docs_per_row` to a row, plus random cached scores."""
+    tokens = rng.integers(0, vocab, (batch, seq_len), dtype=np.int32)
+    bounds = np.linspace(0, seq_len, docs_per_row + 1).astype(int)
+    seg = np.zeros((batch, seq_len), np.int32)
+    pos = np.zeros((batch, seq_len), np.int32)
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        seg[:, a:b], pos[:, a:b] = i + 1, np.arange(b - a)
+    return {"tokens": tokens, "segment_ids": seg, "positions": pos,
+            "ref_ce": rng.exponential(2.0, (batch, seq_len)).astype(np.float32),
+            "ref_entropy": rng.exponential(2.0, (batch, seq_len)).astype(np.float32)}
+
+
+def _peak_memory() -> tuple[float, str]:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**30, "device peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host max RSS"
+
+
+def _time(fn, warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_mode(config, mode: str, warmup: int = 2, iters: int = 5) -> dict:
+    """Median step time of one mode on the config's model and batch shape."""
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.objective.mode = "clm" if mode == "clm" else "slm"
+        c.objective.reference = "online" if mode in ("slm_online", "score") else "cached"
+    mesh = sharding.mesh_from_config(c.mesh)
+    rules = tuple(tuple(r) for r in c.mesh.rules)
+    m_cfg = config_lib.model_config(c)
+    b, seq = c.train.batch_size, c.data.seq_len
+    host = random_batch(np.random.default_rng(0), b, seq, m_cfg.vocab_size, docs_per_row=2)
+    bsh = sharding.batch_sharding(mesh)
+    batch = {k: jax.device_put(v, bsh) for k, v in host.items()}
+    spec = train.StepSpec.from_config(c, m_cfg, m_cfg)
+    tx = train.make_optimizer(c.train)
+    p_sh, _ = train.state_shardings(spec, tx, mesh, rules)
+    if mode == "score":
+        params = jax.jit(lambda r: model.init_params(m_cfg, r), out_shardings=p_sh.params)(jax.random.PRNGKey(1))
+        fwd = score.jitted_reference_forward(m_cfg, c.objective.ce_chunk, True,  # the cache stores both
+                                             in_shardings=(p_sh.params, {k: bsh for k in train.BATCH_KEYS}),
+                                             out_shardings=(bsh, bsh))
+        sub = {k: batch[k] for k in train.BATCH_KEYS}
+        times = _time(lambda: fwd(params, sub), warmup, iters)
+        flops_tok = flops.reference_flops_per_token(m_cfg, seq)
+    else:
+        step = train.compile_train_step(spec, tx, mesh, rules)
+        state = train.init_state(spec, tx, mesh, jax.random.PRNGKey(0), rules=rules)
+        ref = None
+        if spec.online:
+            ref = jax.jit(lambda r: model.init_params(m_cfg, r), out_shardings=step.ref_shardings)(jax.random.PRNGKey(2))
+        holder = {"state": state}
+
+        def one():
+            holder["state"], metrics = step(holder["state"], batch, ref)
+            return metrics["loss"]
+
+        times = _time(one, warmup, iters)
+        flops_tok = flops.train_flops_per_token(m_cfg, seq)
+        if spec.online:
+            flops_tok += flops.reference_flops_per_token(m_cfg, seq)
+    t = statistics.median(times)
+    tok_s = b * seq / t
+    peak = flops.device_peak_flops(override=c.train.peak_flops)
+    # MFU counts useful model FLOPs only: the reference forward of online SLM counts as work done.
+    mfu = flops.mfu(tok_s * flops_tok, jax.device_count(), peak)
+    mem, mem_kind = _peak_memory()
+    return {"mode": mode, "step_s": t, "tokens_per_s": tok_s, "mfu": mfu, "peak_mem_gib": mem, "mem_kind": mem_kind}
+
+
+def run(config, modes=MODES, warmup: int = 2, iters: int = 5) -> list[dict]:
+    rows = [bench_mode(config, m, warmup, iters) for m in modes]
+    clm = next((r for r in rows if r["mode"] == "clm"), None)
+    for r in rows:
+        r["vs_clm"] = r["step_s"] / clm["step_s"] if clm and r["mode"] != "score" else None
+    return rows
+
+
+def table(config, rows: list[dict], name: str) -> str:
+    dev = jax.devices()[0]
+    m = config.model
+    head = (f"### {name} — {jax.device_count()}× {dev.device_kind} ({dev.platform}), jax {jax.__version__}, "
+            f"{datetime.date.today().isoformat()}\n\n"
+            f"model d={m.d_model} L={m.n_layers} H={m.n_heads}/{m.n_kv_heads} ff={m.d_ff} V={m.vocab_size}, "
+            f"dtype {m.dtype}, remat {m.remat}, attention {m.attention}, ce_chunk {config.objective.ce_chunk}; "
+            f"batch {config.train.batch_size} × seq {config.data.seq_len}; median of timed steps\n\n"
+            "| mode | step (ms) | tokens/s | MFU | × CLM step | peak memory |\n|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (peak unknown)"
+        ratio = f"{r['vs_clm']:.3f}" if r["vs_clm"] is not None else "—"
+        lines.append(f"| {r['mode']} | {1e3 * r['step_s']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ratio} | "
+                     f"{r['peak_mem_gib']:.2f} GiB ({r['mem_kind']}) |")
+    return head + "\n".join(lines) + "\n"

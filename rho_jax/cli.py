@@ -1,0 +1,125 @@
+"""`rho-jax <command>`: train | score | eval | analyze | convert | bench | demo.
+
+Config-driven commands take `--config=configs/<name>.py` and `--config.a.b=v` overrides
+(absl flags + `ml_collections.config_flags`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = ("train", "score", "eval", "analyze", "convert", "bench", "demo")
+USAGE = """usage: rho-jax <command> [flags]
+
+commands:
+  train    --config=configs/<name>.py [--config.x.y=v ...]   train (CLM or SLM), resuming if possible
+  score    --config=... [--config.data.score_cache=DIR]      offline reference scoring into the score cache
+  eval     --config=... --checkpoint=DIR                      held-out loss and few-shot accuracy
+  analyze  --workdir=DIR                                      token categories, selected-token HTML, plots
+  convert  SRC DST [--to=orbax|hf]                            HF dir / GGUF -> Orbax, or Orbax -> HF
+  bench    [--config=configs/bench_tiny.py] [--append]        step time, tokens/s, MFU, peak memory
+  demo     [--config=configs/demo.py]                         the end-to-end Rho-1 demo
+"""
+
+
+def _absl_main(argv, body):
+    from absl import app, flags
+
+    flags.FLAGS.unparse_flags()
+    app.run(lambda args: body(args), argv=argv, flags_parser=lambda a: flags.FLAGS(a))
+
+
+def _config_flag(default: str | None = None):
+    from absl import flags
+    from ml_collections import config_flags
+
+    if "config" not in flags.FLAGS:
+        config_flags.DEFINE_config_file("config", default, "a ConfigDict file in configs/", lock_config=True)
+
+
+def cmd_train(argv):
+    from absl import flags
+
+    _config_flag()
+
+    def body(_):
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from rho_jax import loop
+
+        row = loop.run(flags.FLAGS.config)
+        print({k: row[k] for k in ("step", "loss") if k in row})
+
+    _absl_main(argv, body)
+
+
+def cmd_bench(argv):
+    from absl import flags
+
+    _config_flag("configs/bench_tiny.py")
+    flags.DEFINE_bool("append", False, "append the table to BENCHMARKS.md")
+    flags.DEFINE_string("modes", "clm,slm_cached,slm_online,score", "comma-separated modes")
+    flags.DEFINE_integer("iters", 5, "timed steps per mode")
+    flags.DEFINE_integer("warmup", 2, "untimed steps per mode")
+    flags.DEFINE_string("name", "", "a heading for the table")
+
+    def body(_):
+        from rho_jax import bench
+
+        f = flags.FLAGS
+        rows = bench.run(f.config, tuple(f.modes.split(",")), f.warmup, f.iters)
+        text = bench.table(f.config, rows, f.name or "rho-jax bench")
+        print(text)
+        if f.append:
+            with open("BENCHMARKS.md", "a") as out:
+                out.write("\n" + text)
+
+    _absl_main(argv, body)
+
+
+def cmd_convert(argv):
+    from absl import flags
+
+    flags.DEFINE_enum("to", "orbax", ["orbax", "hf"], "output format")
+
+    def body(args):
+        if len(args) != 3:
+            raise SystemExit("usage: rho-jax convert SRC DST [--to=orbax|hf]")
+        from rho_jax.convert import convert
+
+        convert(args[1], args[2], flags.FLAGS.to)
+
+    _absl_main(argv, body)
+
+
+def _delegate(module: str, argv):
+    import importlib
+
+    mod = importlib.import_module(module)
+    return mod.main(argv)
+
+
+def main(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    cmd = argv[1]
+    if cmd not in COMMANDS:
+        print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    sub = [f"rho-jax {cmd}"] + argv[2:]
+    if cmd == "train":
+        return cmd_train(sub)
+    if cmd == "bench":
+        return cmd_bench(sub)
+    if cmd == "convert":
+        return cmd_convert(sub)
+    modules = {"score": "rho_jax.data.score_job", "eval": "rho_jax.evaluate", "analyze": "rho_jax.analysis",
+               "demo": "rho_jax.smoke"}  # the full demo replaces the smoke job when it lands
+    return _delegate(modules[cmd], sub)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

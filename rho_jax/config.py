@@ -1,0 +1,171 @@
+"""The config schema (an `ml_collections.ConfigDict`) and its validation.
+
+Every file in `configs/` starts from `base_config()` and overrides fields, so the schema lives
+in one place and unknown keys are caught before any compute. Command-line overrides use
+`--config.a.b=v` (absl + `ml_collections.config_flags`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from rho_jax.sharding import DEFAULT_RULES, mesh_shape
+
+OBJECTIVE_MODES = ("clm", "slm")
+SCOPES = ("batch", "sequence")
+WEIGHTINGS = ("hard", "soft")
+REFERENCE_MODES = ("online", "cached")
+NAN_POLICIES = ("stop", "skip")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.workdir = "/tmp/rho_jax_run"  # local path or gs://bucket/path
+    c.seed = 0
+
+    # Architecture (fields of rho_jax.model.ModelConfig). Ignored where init.target loads a checkpoint.
+    c.model = ml_collections.ConfigDict(dict(
+        vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, head_dim=0,
+        rope_theta=10000.0, rms_eps=1e-5, max_positions=256, tie_embeddings=False, sliding_window=0,
+        arch="llama", dtype="float32", remat="none", attention="xla", init_std=0.02))
+
+    c.init = ml_collections.ConfigDict(dict(
+        target="",  # '' = random init; else an HF dir, a .gguf file or an Orbax checkpoint dir
+        reference="",  # the reference model's checkpoint (same forms); required for online SLM
+    ))
+
+    c.objective = ml_collections.ConfigDict(dict(
+        mode="slm",  # clm | slm
+        ratio=0.6,  # fraction of valid target tokens kept (paper: 0.6 for 1B, 0.7 for 7B)
+        ratio_end=-1.0,  # < 0: constant ratio; else linear from ratio to ratio_end over train.steps
+        score="excess",  # see rho_jax.objective.SCORE_FUNCTIONS
+        scope="batch",  # batch (global top-k, the paper) | sequence (k per row)
+        weighting="hard",  # hard top-k mask | soft (softmax of the score / temperature, mean 1)
+        temperature=1.0,  # soft weighting only
+        reference="online",  # online (reference forward in the step) | cached (ref_ce from the score cache)
+        ce_chunk=0,  # > 0: vocabulary-chunked CE that never holds f32 [B, L, V] logits
+    ))
+
+    c.mesh = ml_collections.ConfigDict(dict(
+        data=-1, fsdp=1, tensor=1,  # -1 fills the remaining devices
+        rules=DEFAULT_RULES,  # logical axis -> mesh axes
+    ))
+
+    c.train = ml_collections.ConfigDict(dict(
+        steps=100,
+        batch_size=8,  # global sequences per step
+        grad_accum=1,  # micro-batches per step; the loss is normalised once over the global batch
+        lr=3e-4, warmup_steps=10, min_lr_ratio=0.1,  # AdamW with linear warmup then cosine decay
+        weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0,
+        log_every=10,
+        nan_policy="stop",  # stop: error naming the step | skip: drop the update and go on
+        peak_flops=0.0,  # per-device peak FLOP/s for MFU; 0 = look up the device kind
+    ))
+
+    c.data = ml_collections.ConfigDict(dict(
+        seq_len=128,
+        source="math_noisy",  # a corpus/mixture name of rho_jax.data, or 'random' (benchmarks)
+        vocab="",  # tokenizer path ('' = the demo SentencePiece vocabulary)
+        packing=True,  # pack documents with segment ids; False pads one document per row
+        shuffle_seed=0,
+        score_cache="",  # directory of the offline score cache (reference=cached)
+        general_rate=0.3,  # math_noisy mixture: share of the general corpus
+    ))
+
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every=50,  # steps between saves; 0 disables
+        keep=3,  # keep the last N
+        keep_best=False,  # also keep the best by eval loss
+        async_save=True,
+    ))
+
+    c.eval = ml_collections.ConfigDict(dict(
+        every=0,  # steps between held-out evaluations; 0 disables
+        batches=4,
+    ))
+    return c
+
+
+def model_config(c: ml_collections.ConfigDict):
+    from rho_jax.model import ModelConfig
+
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in c.model.to_dict().items() if k in fields})
+
+
+def _check_keys(c, schema, path="config"):
+    for key in c.keys():
+        if key not in schema:
+            raise ConfigError(f"unknown config key {path}.{key}; valid keys here: {sorted(schema.keys())}")
+        if isinstance(schema[key], ml_collections.ConfigDict):
+            if not isinstance(c[key], ml_collections.ConfigDict):
+                raise ConfigError(f"{path}.{key} must be a group of fields like {sorted(schema[key].keys())}")
+            _check_keys(c[key], schema[key], f"{path}.{key}")
+
+
+def validate(c: ml_collections.ConfigDict, n_devices: int | None = None) -> None:
+    """Checks a config before any compute; each problem gets its own error that names it."""
+    from rho_jax import objective
+
+    _check_keys(c, base_config())
+    o = c.objective
+    if o.mode not in OBJECTIVE_MODES:
+        raise ConfigError(f"config.objective.mode={o.mode!r}; expected one of {OBJECTIVE_MODES}")
+    for name in ("ratio",) + (("ratio_end",) if o.ratio_end >= 0 else ()):
+        r = o[name]
+        if not 0.0 < r <= 1.0:
+            raise ConfigError(f"config.objective.{name}={r} is outside (0, 1]")
+    if o.score not in objective.SCORE_FUNCTIONS:
+        raise ConfigError(f"config.objective.score={o.score!r} is not a score function; "
+                          f"expected one of {objective.SCORE_FUNCTIONS}")
+    if o.scope not in SCOPES:
+        raise ConfigError(f"config.objective.scope={o.scope!r}; expected one of {SCOPES}")
+    if o.weighting not in WEIGHTINGS:
+        raise ConfigError(f"config.objective.weighting={o.weighting!r}; expected one of {WEIGHTINGS}")
+    if o.reference not in REFERENCE_MODES:
+        raise ConfigError(f"config.objective.reference={o.reference!r}; expected one of {REFERENCE_MODES}")
+    if o.weighting == "soft" and o.temperature <= 0:
+        raise ConfigError(f"config.objective.temperature={o.temperature} must be > 0 for soft weighting")
+    t = c.train
+    if t.nan_policy not in NAN_POLICIES:
+        raise ConfigError(f"config.train.nan_policy={t.nan_policy!r}; expected one of {NAN_POLICIES}")
+    if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1:
+        raise ConfigError(f"config.train.steps/batch_size/grad_accum must be >= 1 "
+                          f"(got {t.steps}/{t.batch_size}/{t.grad_accum})")
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"config.train.batch_size={t.batch_size} is not divisible by "
+                          f"config.train.grad_accum={t.grad_accum}")
+    if c.data.seq_len < 2:
+        raise ConfigError(f"config.data.seq_len={c.data.seq_len} must be >= 2")
+    if not c.init.target and c.data.seq_len > c.model.max_positions:
+        raise ConfigError(f"config.data.seq_len={c.data.seq_len} exceeds the model's maximum positions "
+                          f"config.model.max_positions={c.model.max_positions}")
+    try:
+        model_config(c)
+    except ValueError as e:
+        raise ConfigError(f"config.model: {e}") from None
+    if n_devices is not None:
+        try:
+            data, fsdp, tensor = mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, n_devices)
+        except ValueError as e:
+            raise ConfigError(f"config.mesh: {e}") from None
+        micro = t.batch_size // t.grad_accum
+        if micro % (data * fsdp):
+            raise ConfigError(f"config.train.batch_size={t.batch_size} (micro-batch {micro} with grad_accum="
+                              f"{t.grad_accum}) is not divisible by the data parallelism data x fsdp = {data * fsdp}")
+
+
+def check_compatible(c, target_cfg, ref_cfg=None) -> None:
+    """Checks that need the loaded models: vocabulary agreement and maximum positions."""
+    if c.data.seq_len > target_cfg.max_positions:
+        raise ConfigError(f"config.data.seq_len={c.data.seq_len} exceeds the target model's maximum positions "
+                          f"({target_cfg.max_positions})")
+    if ref_cfg is not None and ref_cfg.vocab_size != target_cfg.vocab_size:
+        raise ConfigError(f"vocabulary mismatch: the reference model has vocab_size={ref_cfg.vocab_size} but the "
+                          f"target has {target_cfg.vocab_size}; score with a reference that shares the tokenizer")

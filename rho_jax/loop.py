@@ -1,0 +1,224 @@
+"""The training loop: config -> models -> mesh -> (resume) -> steps -> metrics and checkpoints.
+
+Order of work in `run`:
+  1. validate the config (before any compute, before touching the workdir);
+  2. load or initialise the target and reference models, check they agree;
+  3. build the mesh, the jitted step and the TrainState (restored from the latest good checkpoint
+     onto this mesh, with the input position and counters);
+  4. step; log metrics at every log step; save at the interval; on SIGTERM or a preemption
+     notice save at the next step boundary, wait for the save, and return (exit 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rho_jax import checkpoint as ckpt
+from rho_jax import config as config_lib
+from rho_jax import flops, model, sharding, train
+from rho_jax.metrics import Counters, MetricsWriter
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def load_model(path: str, what: str):
+    """(ModelConfig, host params) from an HF dir, a .gguf file or an Orbax model dir."""
+    if ckpt.is_model_dir(path):
+        cfg, params = ckpt.load_model(path)
+        return cfg, jax.tree.map(np.asarray, params)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.init.{what}={path!r} does not exist")
+    from rho_jax.interop import load_pretrained
+
+    return load_pretrained(path)
+
+
+def build_models(config):
+    """Target (cfg, params or None for random init) and reference (cfg, params) or (None, None)."""
+    overrides = {k: config.model[k] for k in ("dtype", "remat", "attention")}
+    if config.init.target:
+        t_cfg, t_params = load_model(config.init.target, "target")
+        t_cfg = t_cfg.replace(**overrides)
+    else:
+        t_cfg, t_params = config_lib.model_config(config), None
+    r_cfg = r_params = None
+    o = config.objective
+    if o.mode == "slm" and o.reference == "online":
+        if not config.init.reference:
+            raise config_lib.ConfigError("config.objective.reference='online' needs config.init.reference "
+                                         "(a reference checkpoint: Orbax dir, HF dir or .gguf)")
+        r_cfg, r_params = load_model(config.init.reference, "reference")
+        r_cfg = r_cfg.replace(**overrides)
+    config_lib.check_compatible(config, t_cfg, r_cfg)
+    return t_cfg, t_params, r_cfg, r_params
+
+
+def write_run_files(workdir: str, config, t_cfg):
+    """The resolved config and the model config next to the checkpoints (process 0 only)."""
+    import dataclasses
+
+    if jax.process_index() != 0:
+        return
+    from etils import epath
+
+    wd = epath.Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    (wd / "config.json").write_text(config.to_json(indent=1))
+    (wd / ckpt.MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(t_cfg), indent=1))
+
+
+class Trainer:
+    """Holds the compiled step and everything static; `train_step(state, batch)` is the pure step."""
+
+    def __init__(self, config, mesh=None, models=None):
+        config_lib.validate(config, jax.device_count())
+        self.config = config
+        t_cfg, t_params, r_cfg, r_params = models if models is not None else build_models(config)
+        self.mesh = mesh or sharding.mesh_from_config(config.mesh)
+        self.rules = tuple(tuple(r) for r in config.mesh.rules)
+        sharding.check_batch(config.train.batch_size, self.mesh, config.train.grad_accum)
+        self.spec = train.StepSpec.from_config(config, t_cfg, r_cfg)
+        self.tx = train.make_optimizer(config.train)
+        self.step_fn = train.compile_train_step(self.spec, self.tx, self.mesh, self.rules)
+        self._init_params = t_params
+        self.ref_params = None
+        if self.spec.online:
+            self.ref_params = train.place(r_params, self.step_fn.ref_shardings)
+        seq = config.data.seq_len
+        self.train_flops_per_token = flops.train_flops_per_token(t_cfg, seq)
+        self.ref_flops_per_token = flops.reference_flops_per_token(r_cfg, seq) if r_cfg is not None else 0.0
+        self.peak = flops.device_peak_flops(override=config.train.peak_flops)
+
+    def init_state(self) -> train.TrainState:
+        return train.init_state(self.spec, self.tx, self.mesh, jax.random.PRNGKey(self.config.seed),
+                                self._init_params, self.rules)
+
+    def abstract_state(self) -> train.TrainState:
+        shapes = jax.eval_shape(self.init_state)
+        return ckpt.abstract_like(shapes, self.step_fn.state_shardings)
+
+    def global_batch(self, local_batch: dict) -> dict:
+        """Host-local numpy rows -> global jax.Arrays on the mesh (multi-host aware)."""
+        out = {}
+        for k, sh in self.step_fn.batch_shardings.items():
+            x = np.asarray(local_batch[k])
+            global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+            out[k] = jax.make_array_from_process_local_data(sh, x, global_shape)
+        return out
+
+    def train_step(self, state, batch):
+        return self.step_fn(state, batch, self.ref_params)
+
+
+def _reference_flops_per_step(trainer, batch_tokens):
+    if trainer.spec.online:
+        return trainer.ref_flops_per_token * batch_tokens
+    return 0.0
+
+
+def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None = None,
+        trainer: Trainer | None = None) -> dict:
+    """Trains to config.train.steps (resuming if a checkpoint exists). Returns the last metrics row.
+
+    `make_input(config, input_state) -> iterator` yields host-local numpy batches and has
+    `get_state()`; None uses `rho_jax.data.pipeline.input_for_training`.
+    """
+    from rho_jax.distributed import maybe_initialize
+
+    maybe_initialize()
+    trainer = trainer or Trainer(config)
+    if make_input is None:
+        from rho_jax.data.pipeline import input_for_training as make_input  # seqio lives only in data/
+    workdir = config.workdir
+    checkpointer = ckpt.Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep,
+                                     config.checkpoint.keep_best, config.checkpoint.async_save)
+    restored = checkpointer.restore(trainer.abstract_state())
+    write_run_files(workdir, config, trainer.spec.model)
+    if restored is None:
+        state, input_state, counters = trainer.init_state(), None, Counters()
+    else:
+        state, meta, step = restored
+        input_state, counters = meta.get("input"), Counters(**meta.get("counters", {}))
+        print(f"resumed from checkpoint step {step} in {checkpointer.directory}", flush=True)
+    batches = make_input(config, input_state)
+    writer = MetricsWriter(workdir)
+    tc = config.train
+    batch_tokens = tc.batch_size * config.data.seq_len
+    step = int(state.step)
+    row: dict = {}
+    t_last, steps_since = time.perf_counter(), 0
+
+    def save(step, force=False):
+        meta = {"input": batches.get_state(), "counters": counters.to_dict()}
+        checkpointer.save(step, state, meta, force=force)
+
+    with ckpt.PreemptionWatcher() as preempt:
+        while step < tc.steps:
+            batch = trainer.global_batch(next(batches))
+            state, metrics = trainer.train_step(state, batch)
+            step += 1
+            steps_since += 1
+            if tc.nan_policy == "stop" or (step % tc.log_every == 0) or step == tc.steps:
+                metrics = jax.device_get(metrics)
+                if not metrics["finite"] and tc.nan_policy == "stop":
+                    checkpointer.close()
+                    writer.close()
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient at step {step} (loss={metrics['loss']}, grad_norm="
+                        f"{metrics['grad_norm']}); the update was not applied and the last good checkpoint "
+                        f"(step {checkpointer.latest_step()}) is kept. Set config.train.nan_policy='skip' to skip.")
+            counters.tokens_processed += batch_tokens
+            counters.train_flops += trainer.train_flops_per_token * batch_tokens
+            counters.reference_flops += _reference_flops_per_step(trainer, batch_tokens)
+            if not isinstance(metrics["n_selected"], jax.Array):
+                counters.tokens_selected += int(metrics["n_selected"])
+            else:
+                counters.tokens_selected += int(jax.device_get(metrics["n_selected"]))
+            if step % tc.log_every == 0 or step == tc.steps:
+                dt = time.perf_counter() - t_last
+                tok_s = steps_since * batch_tokens / dt
+                flops_s = steps_since * batch_tokens * (trainer.train_flops_per_token + (
+                    trainer.ref_flops_per_token if trainer.spec.online else 0.0)) / dt
+                row = {k: v for k, v in jax.device_get(metrics).items()}
+                row.update(counters.to_dict(), tokens_per_s=tok_s, lr=float(train.learning_rate_schedule(tc)(step - 1)))
+                mfu = flops.mfu(flops_s, jax.device_count(), trainer.peak)
+                if mfu is not None:
+                    row["mfu"] = mfu
+                row = writer.write(step, row)
+                t_last, steps_since = time.perf_counter(), 0
+            if checkpointer.should_save(step) or step == tc.steps:
+                save(step, force=step == tc.steps)
+            if preempt.requested or checkpointer.reached_preemption(step):
+                save(step, force=True)
+                checkpointer.wait()
+                print(f"preempted: saved checkpoint at step {step}; exiting cleanly", flush=True)
+                break
+    checkpointer.close()
+    writer.close()
+    if step >= tc.steps:
+        export_final(workdir, trainer.spec.model, state.params)
+    return {"step": step, **row}
+
+
+def export_final(workdir: str, cfg, params) -> None:
+    """The final params as an Orbax model dir `<workdir>/final` (usable as init.target / init.reference)."""
+    from etils import epath
+
+    final = epath.Path(workdir) / "final"
+    if final.exists():
+        return
+    tmp = epath.Path(workdir) / "final.tmp"
+    if tmp.exists():
+        tmp.rmtree()
+    ckpt.save_model(cfg, params, str(tmp))
+    if jax.process_index() == 0:
+        tmp.rename(final)

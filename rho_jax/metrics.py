@@ -1,0 +1,80 @@
+"""Metrics: one JSON object per line in <workdir>/metrics.jsonl and TensorBoard event files.
+
+Only process 0 writes. Cumulative counters (tokens, FLOPs) live in `Counters`, which is saved
+with the checkpoint so a resumed run continues the same curves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass
+class Counters:
+    tokens_processed: int = 0  # token positions run through the target model (B * L per step)
+    tokens_selected: int = 0  # target tokens that contributed to the loss
+    train_flops: float = 0.0
+    reference_flops: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _scalar(v: Any):
+    v = np.asarray(v)
+    if v.dtype.kind in "iub":
+        return int(v)
+    f = float(v)
+    return f if math.isfinite(f) else str(f)  # JSON has no NaN/inf
+
+
+class MetricsWriter:
+    """Appends metrics rows to metrics.jsonl and TensorBoard (tensorboardX) under `workdir`."""
+
+    def __init__(self, workdir: str, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            if "://" not in workdir:
+                os.makedirs(workdir, exist_ok=True)
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, row: dict) -> dict:
+        row = {"step": int(step), **{k: _scalar(v) for k, v in row.items() if k != "step"}}
+        if not self.enabled:
+            return row
+        with _open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+                self._tb.add_scalar(k, v, step)
+        self._tb.flush()
+        return row
+
+    def close(self):
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _open(path: str, mode: str):
+    if "://" in path:
+        from etils import epath
+
+        return epath.Path(path).open(mode)
+    return open(path, mode)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    with _open(path, "r") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,264 @@
+"""The pure train step: `train_step(state, batch) -> (state, metrics)`, jitted with explicit
+NamedShardings and a donated state.
+
+Per step (SLM, DESIGN §2):
+  ce_BxL    = cross_entropy(target(tokens), targets)        # f32, every position is attention context
+  ref_BxL   = reference_forward(...) | batch['ref_ce']       # online (same mesh, stop_gradient) | cached
+  weight_BxL = slm_objective(sg(ce), valid, ref, ratio)      # exact global top-k over the whole batch
+  loss      = sum(ce * weight) / sum(weight)                 # normalised once over the global batch
+
+With gradient accumulation the selection still runs over the whole global batch: a no-grad
+pass computes the scores of every micro-batch first, then the gradient pass reuses those weights
+with the global normaliser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rho_jax import model, objective, sharding
+from rho_jax.score import reference_forward, token_ce
+
+BATCH_KEYS = ("tokens", "segment_ids", "positions")
+CACHED_KEYS = ("ref_ce", "ref_entropy")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: number of updates applied
+    params: Any  # f32 master weights
+    opt_state: Any  # f32 optimizer state
+    rng: jax.Array  # PRNG key for the `random` score and future dropout
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """Everything static about a step (hashable): built once from the config."""
+
+    model: model.ModelConfig
+    ref_model: model.ModelConfig | None
+    mode: str = "slm"
+    ratio: float = 0.6
+    ratio_end: float = -1.0
+    total_steps: int = 1
+    score: str = "excess"
+    scope: str = "batch"
+    weighting: str = "hard"
+    temperature: float = 1.0
+    reference: str = "online"
+    ce_chunk: int = 0
+    grad_accum: int = 1
+
+    @classmethod
+    def from_config(cls, config, target_cfg: model.ModelConfig, ref_cfg: model.ModelConfig | None):
+        o = config.objective
+        return cls(model=target_cfg, ref_model=ref_cfg if o.mode == "slm" and o.reference == "online" else None,
+                   mode=o.mode, ratio=float(o.ratio), ratio_end=float(o.ratio_end),
+                   total_steps=int(config.train.steps), score=o.score, scope=o.scope, weighting=o.weighting,
+                   temperature=float(o.temperature), reference=o.reference, ce_chunk=int(o.ce_chunk),
+                   grad_accum=int(config.train.grad_accum))
+
+    @property
+    def slm(self) -> bool:
+        return self.mode == "slm"
+
+    @property
+    def online(self) -> bool:
+        return self.slm and self.reference == "online"
+
+    @property
+    def needs_entropy(self) -> bool:
+        return self.slm and "entropy" in self.score
+
+
+def learning_rate_schedule(tc) -> optax.Schedule:
+    """Linear warmup to train.lr, then cosine decay to lr * min_lr_ratio at train.steps."""
+    warmup = min(int(tc.warmup_steps), max(int(tc.steps) - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=tc.lr, warmup_steps=warmup,
+        decay_steps=max(int(tc.steps), warmup + 1), end_value=tc.lr * tc.min_lr_ratio)
+
+
+def _decay_mask(params):
+    # No weight decay on norm scales (they live under *_norm); every matrix decays.
+    return flax.traverse_util.path_aware_map(lambda path, _: not any("norm" in p for p in path), params)
+
+
+def make_optimizer(tc) -> optax.GradientTransformation:
+    """AdamW with warmup + cosine and global-norm clipping; its state is f32 like the params."""
+    return optax.chain(
+        optax.clip_by_global_norm(tc.clip_norm),
+        optax.adamw(learning_rate_schedule(tc), b1=tc.b1, b2=tc.b2, eps=tc.eps, weight_decay=tc.weight_decay,
+                    mask=_decay_mask))
+
+
+def _micro(x, a: int):
+    """[B, ...] -> [A, B/A, ...]; micro-batch i holds rows i, i+A, ... so each stays spread over the data axes."""
+    return x.reshape(x.shape[0] // a, a, *x.shape[1:]).swapaxes(0, 1)
+
+
+def _unmicro(x):
+    return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+
+def _selection(spec: StepSpec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, rng):
+    """Token weights over the whole global batch, and the objective's statistics."""
+    if not spec.slm:
+        return objective.clm_weights(valid_BxL), {}
+    ratio = objective.ratio_at(step, spec.ratio, spec.ratio_end if spec.ratio_end >= 0 else None,
+                               spec.total_steps)
+    return objective.slm_objective(ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, ratio=ratio, score=spec.score,
+                                   scope=spec.scope, weighting=spec.weighting, temperature=spec.temperature,
+                                   rng=rng)
+
+
+def loss_and_grads(spec: StepSpec, params, batch: dict, ref_params, step, rng):
+    """Returns (loss, grads, ce_BxL, weight_BxL, stats) for one global batch."""
+    a = spec.grad_accum
+    targets_BxL, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
+    ref_ce_BxL = ref_ent_BxL = None
+    if spec.online:
+        micro_batches = jax.tree.map(lambda x: _micro(x, a), {k: batch[k] for k in BATCH_KEYS})
+        ref = jax.lax.map(lambda mb: reference_forward(spec.ref_model, ref_params, mb, ce_chunk=spec.ce_chunk,
+                                                       with_entropy=spec.needs_entropy), micro_batches)
+        ref_ce_BxL = _unmicro(ref[0])
+        ref_ent_BxL = _unmicro(ref[1]) if spec.needs_entropy else None
+    elif spec.slm:
+        ref_ce_BxL = batch["ref_ce"]
+        ref_ent_BxL = batch.get("ref_entropy") if spec.needs_entropy else None
+
+    def micro_loss(p, mb, targets, weight, denom):
+        ce, _ = token_ce(spec.model, p, mb, targets, ce_chunk=spec.ce_chunk)
+        return jnp.sum(ce * weight) / denom, ce
+
+    if a == 1:
+        def loss_fn(p):
+            ce, _ = token_ce(spec.model, p, batch, targets_BxL, ce_chunk=spec.ce_chunk)
+            weight, stats = _selection(spec, step, jax.lax.stop_gradient(ce), valid_BxL, ref_ce_BxL, ref_ent_BxL, rng)
+            return objective.masked_mean(ce, weight), (ce, weight, stats)
+
+        (loss, (ce_BxL, weight_BxL, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, grads, jax.lax.stop_gradient(ce_BxL), weight_BxL, stats
+
+    mbs = jax.tree.map(lambda x: _micro(x, a), {k: batch[k] for k in BATCH_KEYS})
+    targets_m = _micro(targets_BxL, a)
+    if spec.slm:  # scores of every micro-batch first: the top-k must see the whole global batch
+        sg_params = jax.lax.stop_gradient(params)
+        ce_m = jax.lax.map(lambda x: token_ce(spec.model, sg_params, x[0], x[1], ce_chunk=spec.ce_chunk)[0],
+                           (mbs, targets_m))
+        weight_BxL, stats = _selection(spec, step, _unmicro(ce_m), valid_BxL, ref_ce_BxL, ref_ent_BxL, rng)
+    else:
+        weight_BxL, stats = _selection(spec, step, None, valid_BxL, None, None, rng)
+    denom = jnp.maximum(jnp.sum(weight_BxL), 1e-9)  # once, over the global batch
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def body(acc, x):
+        mb, targets, weight = x
+        (loss, ce), g = grad_fn(params, mb, targets, weight, denom)
+        return (acc[0] + loss, jax.tree.map(jnp.add, acc[1], g)), ce
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (loss, grads), ce_m = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), (mbs, targets_m, _micro(weight_BxL, a)))
+    return loss, grads, _unmicro(ce_m), weight_BxL, stats
+
+
+def train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainState, batch: dict,
+               ref_params=None) -> tuple[TrainState, dict]:
+    """One optimizer update. Pure; a non-finite loss or gradient leaves params and opt_state untouched
+    (metrics['finite'] == 0) so the caller can stop cleanly or skip."""
+    rng, sel_rng = jax.random.split(state.rng)
+    loss, grads, ce_BxL, weight_BxL, stats = loss_and_grads(spec, state.params, batch, ref_params, state.step, sel_rng)
+    grad_norm = optax.global_norm(grads)
+    updates, new_opt = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
+                           opt_state=keep(new_opt, state.opt_state), rng=rng)
+
+    _, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
+    n_valid = jnp.sum(valid_BxL)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite.astype(jnp.int32),
+               "n_valid": n_valid, "n_selected": jnp.sum((weight_BxL > 0) & valid_BxL),
+               "n_tokens": jnp.sum(batch["segment_ids"] != 0)}
+    if not spec.slm:
+        loss_all = objective.masked_mean(ce_BxL, valid_BxL.astype(jnp.float32))
+        stats = {"loss_all": loss_all, "selected_fraction": jnp.float32(1.0)}
+    metrics.update(stats)
+    return new_state, metrics
+
+
+def state_shardings(spec: StepSpec, tx, mesh: Mesh, rules) -> tuple[TrainState, Any]:
+    """NamedShardings for the TrainState (and the reference params, or None)."""
+    p_shape = model.param_shapes(spec.model)
+    p_sh = sharding.tree_shardings(model.param_logical_axes(spec.model), p_shape, mesh, rules)
+    rep = sharding.replicated(mesh)
+    st = TrainState(step=rep, params=p_sh, opt_state=sharding.opt_state_shardings(tx, p_shape, p_sh, mesh), rng=rep)
+    ref_sh = None
+    if spec.online:
+        ref_sh = sharding.tree_shardings(model.param_logical_axes(spec.ref_model), model.param_shapes(spec.ref_model),
+                                         mesh, rules)
+    return st, ref_sh
+
+
+def batch_keys(spec: StepSpec) -> tuple[str, ...]:
+    if spec.slm and spec.reference == "cached":
+        return BATCH_KEYS + (("ref_ce", "ref_entropy") if spec.needs_entropy else ("ref_ce",))
+    return BATCH_KEYS
+
+
+def compile_train_step(spec: StepSpec, tx, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> Callable:
+    """`step(state, batch, ref_params=None) -> (state, metrics)`: jitted with explicit in/out
+    NamedShardings, the state donated, logical-axis rules active for activation constraints."""
+    st_sh, ref_sh = state_shardings(spec, tx, mesh, rules)
+    b_sh = {k: sharding.batch_sharding(mesh) for k in batch_keys(spec)}
+    rep = sharding.replicated(mesh)
+
+    def step(state, batch, ref_params):
+        with nn.logical_axis_rules(rules):
+            return train_step(spec, tx, state, {k: batch[k] for k in b_sh}, ref_params)
+
+    jitted = jax.jit(step, in_shardings=(st_sh, b_sh, ref_sh), out_shardings=(st_sh, rep), donate_argnums=(0,))
+
+    def run(state, batch, ref_params=None):
+        with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
+            return jitted(state, {k: batch[k] for k in b_sh}, ref_params)
+
+    run.jitted, run.state_shardings, run.ref_shardings, run.batch_shardings = jitted, st_sh, ref_sh, b_sh
+    return run
+
+
+def init_state(spec: StepSpec, tx, mesh: Mesh, rng: jax.Array, params=None, rules=sharding.DEFAULT_RULES) -> TrainState:
+    """A TrainState laid out on `mesh`: random params from `rng`, or the given (host) params resharded."""
+    st_sh, _ = state_shardings(spec, tx, mesh, rules)
+    init_rng, state_rng = jax.random.split(rng)
+    if params is None:
+        params = jax.jit(lambda r: model.init_params(spec.model, r), out_shardings=st_sh.params)(init_rng)
+    else:
+        params = place(params, st_sh.params)
+    opt_state = jax.jit(tx.init, out_shardings=st_sh.opt_state)(params)
+    return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), st_sh.step), params=params,
+                      opt_state=opt_state, rng=jax.device_put(state_rng, st_sh.rng))
+
+
+def place(tree, shardings):
+    """Puts a tree of host (numpy) arrays on the mesh; works on multi-host since every host holds the full array."""
+    import numpy as np
+
+    def put(x, sh: NamedSharding):
+        x = np.asarray(x, dtype=np.float32) if np.asarray(x).dtype.kind == "f" else np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree, shardings)
+
+
+def batch_spec_for(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(sharding.BATCH_AXES, None))
