@@ -1,0 +1,55 @@
+"""Rho-1 math, 7B: Mistral-7B-v0.1 continued on OpenWebMath with SLM, ratio 70% (DESIGN §3).
+
+Paper settings: LR 2e-5, ratio 0.7; the same 15B OpenWebMath tokens as the 1B run (10.5B selected),
+batch 1M tokens. Sequences are 4096 tokens, the length the reference (configs/mistral7b_owm_reference.py)
+was trained and scores at; Mistral's 4096-token sliding window then covers the whole sequence.
+
+Weights (not in the repo; needs the internet once):
+  huggingface-cli download mistralai/Mistral-7B-v0.1 --local-dir Mistral-7B
+  rho-jax convert Mistral-7B gs://YOUR_BUCKET/models/Mistral-7B --to=orbax
+  gsutil cp Mistral-7B/tokenizer.model gs://YOUR_BUCKET/models/Mistral-7B.tokenizer.model
+
+Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
+  v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% MFU: 15.00B tokens x 61.18 GFLOP/token
+  (train 45.88 + selection pass 15.29) = 9.18e+20 FLOPs -> 21.7 h. Offline scoring (reference forward):
+  15.29 GFLOP/token = 2.29e+20 FLOPs -> 5.4 h.
+"""
+
+from rho_jax.config import base_config
+
+SLICE = "v5p-128"  # 64 v5p chips (128 TensorCores) on 16 hosts; JAX sees 64 devices
+BUCKET = "gs://YOUR_BUCKET"
+TOKENS = 15_000_000_000  # paper: 15B processed OpenWebMath tokens
+
+
+def get_config():
+    c = base_config()
+    c.workdir = f"{BUCKET}/mistral7b-owm/slm"  # checkpoints, metrics and the final model
+    c.init.target = f"{BUCKET}/models/Mistral-7B"  # Orbax dir converted from the HF checkpoint (see above)
+    c.init.reference = f"{BUCKET}/mistral7b-owm/reference/final"  # the reference run's exported model
+    # Mistral-7B-v0.1 shape, so the config validates and estimates without the weights.
+    c.model.update(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
+                   rope_theta=10000.0, rms_eps=1e-5, max_positions=32768, tie_embeddings=False,
+                   sliding_window=4096, arch="mistral")
+    c.model.dtype = "bfloat16"  # bf16 compute; master weights and Adam state stay f32
+    c.model.remat = "dots_with_no_batch_dims_saveable"  # weight matmuls only: no [B, H, L, L] scores kept
+    c.model.attention = "xla"  # cudnn is GPU-only
+    c.objective.mode = "slm"  # selective language modeling
+    c.objective.ratio = 0.7  # paper: 70% of tokens for the 7B model
+    c.objective.reference = "cached"  # score once offline (rho-jax score)
+    c.objective.ce_chunk = 8000  # vocabulary-chunked CE: never hold f32 [B, L, 32000] logits
+    c.data.source = "openwebmath"  # rho_jax.data real-scale corpus (TFDS HuggingFace builder)
+    c.data.seq_len = 4096  # the reference's training and scoring length
+    c.data.vocab = f"{BUCKET}/models/Mistral-7B.tokenizer.model"  # Mistral SentencePiece, 32000 pieces
+    c.data.score_cache = f"{BUCKET}/mistral7b-owm/scores"  # written by `rho-jax score`
+    c.train.batch_size = 256  # x 4096 = 1M tokens per step
+    c.train.steps = TOKENS // (c.train.batch_size * c.data.seq_len)  # 14305 steps = 15.0B tokens
+    # Micro-batch 128 = 2 sequences per chip (~22 GB of saved activations of 95 GB HBM). grad_accum=1
+    # may fit and drops the selection pass (a quarter of the step's FLOPs); measure before changing.
+    c.train.grad_accum = 2
+    c.train.lr = 2e-5  # paper
+    c.train.warmup_steps = 100  # not stated in the paper: ~0.7% of the run
+    c.train.peak_flops = 459e12  # v5p bf16 peak per chip, for MFU
+    c.checkpoint.every = 500  # ~45 min at the estimate below
+    c.mesh.update(data=-1, fsdp=16, tensor=1)  # FSDP in groups of 16 chips, 4-way data parallel across them
+    return c

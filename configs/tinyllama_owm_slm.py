@@ -1,0 +1,57 @@
+"""Rho-1 math, 1B: TinyLlama-1.1B (3T) continued on OpenWebMath with SLM, ratio 60% (DESIGN §3).
+
+Paper settings: 15B OpenWebMath tokens (9B selected), LR 8e-5, batch 1M tokens (512 x 2048), reference
+scores from a TinyLlama trained on clean math (configs/tinyllama_owm_reference.py). The reference is
+cached: `rho-jax score` writes per-token reference CE once, then training reads it.
+
+Weights (not in the repo; needs the internet once):
+  huggingface-cli download TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T --local-dir TinyLlama-1.1B
+  rho-jax convert TinyLlama-1.1B gs://YOUR_BUCKET/models/TinyLlama-1.1B --to=orbax
+  gsutil cp TinyLlama-1.1B/tokenizer.model gs://YOUR_BUCKET/models/TinyLlama-1.1B.tokenizer.model
+Every worker reads the Orbax dir from the bucket; replace YOUR_BUCKET (or override
+--config.init.target=... --config.data.vocab=...).
+
+Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
+  v4-32 (16 chips x 275 TFLOP/s bf16 peak) at an assumed 40% MFU: 15.00B tokens x 9.01 GFLOP/token (train
+  6.76 + selection pass 2.25) = 1.35e+20 FLOPs -> 21.3 h. Offline scoring (reference forward): 2.25
+  GFLOP/token = 3.38e+19 FLOPs -> 5.3 h.
+"""
+
+from rho_jax.config import base_config
+
+SLICE = "v4-32"  # 16 v4 chips on 4 hosts; JAX sees 16 devices
+BUCKET = "gs://YOUR_BUCKET"
+TOKENS = 15_000_000_000  # paper: 15B processed OpenWebMath tokens
+
+
+def get_config():
+    c = base_config()
+    c.workdir = f"{BUCKET}/tinyllama-owm/slm"  # checkpoints, metrics and the final model
+    c.init.target = f"{BUCKET}/models/TinyLlama-1.1B"  # Orbax dir converted from the HF checkpoint (see above)
+    c.init.reference = f"{BUCKET}/tinyllama-owm/reference/final"  # the reference run's exported model (scoring)
+    # TinyLlama-1.1B shape, so the config validates and estimates without the weights (the checkpoint's own
+    # config wins when loaded; dtype/remat/attention below still apply).
+    c.model.update(vocab_size=32000, d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4, d_ff=5632,
+                   rope_theta=10000.0, rms_eps=1e-5, max_positions=2048, tie_embeddings=False, arch="llama")
+    c.model.dtype = "bfloat16"  # bf16 compute; master weights and Adam state stay f32
+    # Saves weight matmuls only: dots_saveable would also keep the [B, H, L, L] attention scores
+    # (~12 GB per 2048-token sequence at f32), far over a v4 chip's 32 GB.
+    c.model.remat = "dots_with_no_batch_dims_saveable"
+    c.model.attention = "xla"  # cudnn is GPU-only
+    c.objective.mode = "slm"  # selective language modeling
+    c.objective.ratio = 0.6  # paper: 60% of tokens for the 1B model
+    c.objective.reference = "cached"  # score once offline (rho-jax score), not a reference forward per step
+    c.objective.ce_chunk = 8000  # vocabulary-chunked CE: never hold f32 [B, L, 32000] logits
+    c.data.source = "openwebmath"  # rho_jax.data real-scale corpus (TFDS HuggingFace builder)
+    c.data.seq_len = 2048  # TinyLlama's context
+    c.data.vocab = f"{BUCKET}/models/TinyLlama-1.1B.tokenizer.model"  # Llama-2 SentencePiece, 32000 pieces
+    c.data.score_cache = f"{BUCKET}/tinyllama-owm/scores"  # written by `rho-jax score`, read in cached mode
+    c.train.batch_size = 512  # x 2048 = 1M tokens per step (paper)
+    c.train.steps = TOKENS // (c.train.batch_size * c.data.seq_len)  # 14305 steps = 15.0B tokens
+    c.train.grad_accum = 8  # micro-batch 64 = 4 sequences per chip: activations ~8 GB of 32 GB HBM
+    c.train.lr = 8e-5  # paper
+    c.train.warmup_steps = 100  # not stated in the paper: ~0.7% of the run
+    c.train.peak_flops = 275e12  # v4 bf16 peak per chip, for MFU
+    c.checkpoint.every = 500  # ~45 min at the estimate below; Spot preemption loses at most that
+    c.mesh.update(data=-1, fsdp=16, tensor=1)  # FSDP over the whole slice (data resolves to 1)
+    return c

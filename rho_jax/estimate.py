@@ -1,0 +1,119 @@
+"""Compute and time estimates for a config on a named TPU slice (the numbers in configs' docstrings).
+
+Per processed token, inside one train step (DESIGN §2, `rho_jax.flops`):
+  train      6·N + 6·L·s·d             forward + backward of the target
+  selection  2·N + 2·L·s·d   SLM with grad_accum > 1 only: the no-grad pass that scores every
+                             micro-batch before the gradient pass, so the top-k sees the global batch
+  reference  2·N + 2·L·s·d   SLM with reference='online' only (the reference model's forward)
+With reference='cached' the reference forward runs once, offline, in the scoring job instead
+(`score_*` fields). Time = FLOPs / (chips · peak · MFU); the MFU is an assumption, stated with
+the numbers. Recomputation under remat is not counted (the MFU convention: model FLOPs only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rho_jax import config as config_lib
+from rho_jax import flops
+
+ASSUMED_MFU = 0.4
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """A Cloud TPU slice as JAX sees it: one device per chip (v4/v5p megacore counts 2 cores as 1)."""
+
+    chips: int  # jax.device_count() on the slice
+    hosts: int  # TPU VM workers = JAX processes
+    peak_key: str  # key of rho_jax.flops.PEAK_FLOPS
+    hbm_bytes: int  # HBM per chip
+
+    @property
+    def peak_flops(self) -> float:
+        return flops.PEAK_FLOPS[self.peak_key]
+
+
+GIB = 2**30
+# Accelerator-type names as `gcloud compute tpus` spells them (v4/v5p: the suffix counts TensorCores).
+SLICES = {
+    "v4-8": Slice(4, 1, "tpu v4", 32 * GIB),
+    "v4-32": Slice(16, 4, "tpu v4", 32 * GIB),
+    "v4-128": Slice(64, 16, "tpu v4", 32 * GIB),
+    "v5litepod-64": Slice(64, 16, "tpu v5 lite", 16 * GIB),
+    "v5p-128": Slice(64, 16, "tpu v5p", 95 * GIB),
+    "v6e-64": Slice(64, 16, "tpu v6e", 32 * GIB),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunEstimate:
+    slice_name: str
+    chips: int
+    peak_flops: float  # per chip, FLOP/s
+    mfu: float
+    tokens: int  # processed (not selected) tokens: steps · batch_size · seq_len
+    train_flops_per_token: float
+    selection_flops_per_token: float
+    reference_flops_per_token: float
+    score_flops_per_token: float  # offline scoring job (reference='cached'), 0 otherwise
+
+    @property
+    def step_flops_per_token(self) -> float:
+        return self.train_flops_per_token + self.selection_flops_per_token + self.reference_flops_per_token
+
+    @property
+    def total_flops(self) -> float:
+        return self.tokens * self.step_flops_per_token
+
+    def hours(self, total_flops: float) -> float:
+        return total_flops / (self.chips * self.peak_flops * self.mfu) / 3600.0
+
+    @property
+    def train_hours(self) -> float:
+        return self.hours(self.total_flops)
+
+    @property
+    def score_flops(self) -> float:
+        return self.tokens * self.score_flops_per_token
+
+    @property
+    def score_hours(self) -> float:
+        return self.hours(self.score_flops)
+
+
+def estimate(config, slice_name: str, mfu: float = ASSUMED_MFU) -> RunEstimate:
+    """FLOPs and hours of `config` (its model fields give the shape) on the slice `slice_name`."""
+    if slice_name not in SLICES:
+        raise KeyError(f"unknown slice {slice_name!r}; known: {sorted(SLICES)} (add it to rho_jax.estimate.SLICES)")
+    s = SLICES[slice_name]
+    cfg = config_lib.model_config(config)
+    seq = config.data.seq_len
+    o, t = config.objective, config.train
+    slm = o.mode == "slm"
+    forward = flops.reference_flops_per_token(cfg, seq)  # one forward of this shape; the reference shares it
+    return RunEstimate(
+        slice_name=slice_name, chips=s.chips, peak_flops=s.peak_flops, mfu=mfu,
+        tokens=t.steps * t.batch_size * seq,
+        train_flops_per_token=flops.train_flops_per_token(cfg, seq),
+        selection_flops_per_token=forward if slm and t.grad_accum > 1 else 0.0,
+        reference_flops_per_token=forward if slm and o.reference == "online" else 0.0,
+        score_flops_per_token=forward if slm and o.reference == "cached" else 0.0)
+
+
+def summary(config, slice_name: str, mfu: float = ASSUMED_MFU) -> str:
+    """One paragraph for a config's docstring; tests check that the docstring contains it verbatim."""
+    e = estimate(config, slice_name, mfu)
+    g = 1e9
+    parts = [f"train {e.train_flops_per_token / g:.2f}"]
+    if e.selection_flops_per_token:
+        parts.append(f"selection pass {e.selection_flops_per_token / g:.2f}")
+    if e.reference_flops_per_token:
+        parts.append(f"online reference {e.reference_flops_per_token / g:.2f}")
+    text = (f"{slice_name} ({e.chips} chips x {e.peak_flops / 1e12:.0f} TFLOP/s bf16 peak) at an assumed "
+            f"{e.mfu:.0%} MFU: {e.tokens / g:.2f}B tokens x {e.step_flops_per_token / g:.2f} GFLOP/token "
+            f"({' + '.join(parts)}) = {e.total_flops:.3g} FLOPs -> {e.train_hours:.1f} h.")
+    if e.score_flops_per_token:
+        text += (f" Offline scoring (reference forward): {e.score_flops_per_token / g:.2f} GFLOP/token = "
+                 f"{e.score_flops:.3g} FLOPs -> {e.score_hours:.1f} h.")
+    return text
