@@ -156,12 +156,11 @@ def save_model(cfg, params, directory: str) -> None:
     from etils import epath
 
     path = epath.Path(directory)
-    if path.exists() and any(path.iterdir()):
-        raise CheckpointError(f"{directory} exists and is not empty; choose a new output directory")
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path / "params", params)
     ckptr.wait_until_finished()
-    (path / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    if jax.process_index() == 0:
+        (path / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
 
 
 def is_model_dir(directory: str) -> bool:

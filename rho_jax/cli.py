@@ -110,6 +110,9 @@ def main(argv=None):
         print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     sub = [f"rho-jax {cmd}"] + argv[2:]
+    from rho_jax.distributed import maybe_initialize
+
+    maybe_initialize()  # multi-host slices join one job before any other JAX call; a no-op on one host
     if cmd == "train":
         return cmd_train(sub)
     if cmd == "bench":

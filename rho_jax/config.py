@@ -76,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
         shuffle_seed=0,
         score_cache="",  # directory of the offline score cache (reference=cached)
         general_rate=0.3,  # math_noisy mixture: share of the general corpus
+        max_rows=0,  # > 0: use only the first N packed rows of the source (small runs)
     ))
 
     c.checkpoint = ml_collections.ConfigDict(dict(
@@ -86,8 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
     c.eval = ml_collections.ConfigDict(dict(
-        every=0,  # steps between held-out evaluations; 0 disables
-        batches=4,
+        every=0,  # steps between held-out evaluations (and at the last step); 0 disables
+        sources="champ_clean",  # comma-separated tasks, validation split; the first drives keep_best
+        batch_size=8,
+        max_rows=0,  # > 0: evaluate on the first N packed rows only
     ))
     return c
 

@@ -35,6 +35,9 @@ def load_model(path: str, what: str):
     if ckpt.is_model_dir(path):
         cfg, params = ckpt.load_model(path)
         return cfg, jax.tree.map(np.asarray, params)
+    if "://" in path:
+        raise FileNotFoundError(f"config.init.{what}={path!r}: remote paths must be Orbax model dirs (made by "
+                                f"`rho-jax convert SRC DST --to=orbax`); HF dirs and .gguf files must be local")
     if not os.path.exists(path):
         raise FileNotFoundError(f"config.init.{what}={path!r} does not exist")
     from rho_jax.interop import load_pretrained
@@ -119,30 +122,23 @@ class Trainer:
         return self.step_fn(state, batch, self.ref_params)
 
 
-def _reference_flops_per_step(trainer, batch_tokens):
-    if trainer.spec.online:
-        return trainer.ref_flops_per_token * batch_tokens
-    return 0.0
-
-
 def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None = None,
         trainer: Trainer | None = None) -> dict:
     """Trains to config.train.steps (resuming if a checkpoint exists). Returns the last metrics row.
 
     `make_input(config, input_state) -> iterator` yields host-local numpy batches and has
-    `get_state()`; None uses `rho_jax.data.pipeline.input_for_training`.
+    `get_state()`; None uses `rho_jax.data.inputs.input_for_training`.
     """
     from rho_jax.distributed import maybe_initialize
 
     maybe_initialize()
     trainer = trainer or Trainer(config)
     if make_input is None:
-        from rho_jax.data.pipeline import input_for_training as make_input  # seqio lives only in data/
-    workdir = config.workdir
+        from rho_jax.data.inputs import input_for_training as make_input  # seqio lives only in data/
+    workdir, tc = config.workdir, config.train
     checkpointer = ckpt.Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep,
                                      config.checkpoint.keep_best, config.checkpoint.async_save)
     restored = checkpointer.restore(trainer.abstract_state())
-    write_run_files(workdir, config, trainer.spec.model)
     if restored is None:
         state, input_state, counters = trainer.init_state(), None, Counters()
     else:
@@ -150,51 +146,70 @@ def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None 
         input_state, counters = meta.get("input"), Counters(**meta.get("counters", {}))
         print(f"resumed from checkpoint step {step} in {checkpointer.directory}", flush=True)
     batches = make_input(config, input_state)
+    vocab_size = getattr(batches, "vocab_size", None)
+    if vocab_size is not None and vocab_size > trainer.spec.model.vocab_size:
+        raise config_lib.ConfigError(f"vocabulary mismatch: the tokenizer has {vocab_size} ids but the target model's "
+                                     f"vocab_size is {trainer.spec.model.vocab_size}; set config.model.vocab_size")
+    heldout = {}
+    if config.eval.every > 0:
+        from rho_jax.data.inputs import heldout_sets
+
+        heldout = heldout_sets(config)
+    write_run_files(workdir, config, trainer.spec.model)
     writer = MetricsWriter(workdir)
-    tc = config.train
     batch_tokens = tc.batch_size * config.data.seq_len
+    flops_per_step = batch_tokens * (trainer.train_flops_per_token + (trainer.ref_flops_per_token if trainer.spec.online else 0.0))
     step = int(state.step)
     row: dict = {}
-    t_last, steps_since = time.perf_counter(), 0
+    last_eval: dict = {}
+
+    def evaluate(params) -> dict:
+        from rho_jax.evaluate import heldout_loss
+
+        out = {f"eval_loss/{name}": heldout_loss(trainer.spec.model, params, ex, config.eval.batch_size,
+                                                 config.objective.ce_chunk) for name, ex in heldout.items()}
+        if out:
+            out["eval_loss"] = next(iter(out.values()))
+        return out
 
     def save(step, force=False):
         meta = {"input": batches.get_state(), "counters": counters.to_dict()}
-        checkpointer.save(step, state, meta, force=force)
+        checkpointer.save(step, state, meta, eval_loss=last_eval.get("eval_loss"), force=force)
 
+    t_last, steps_since = time.perf_counter(), 0
     with ckpt.PreemptionWatcher() as preempt:
         while step < tc.steps:
             batch = trainer.global_batch(next(batches))
             state, metrics = trainer.train_step(state, batch)
             step += 1
             steps_since += 1
-            if tc.nan_policy == "stop" or (step % tc.log_every == 0) or step == tc.steps:
-                metrics = jax.device_get(metrics)
-                if not metrics["finite"] and tc.nan_policy == "stop":
-                    checkpointer.close()
-                    writer.close()
-                    raise NonFiniteLossError(
-                        f"non-finite loss or gradient at step {step} (loss={metrics['loss']}, grad_norm="
-                        f"{metrics['grad_norm']}); the update was not applied and the last good checkpoint "
-                        f"(step {checkpointer.latest_step()}) is kept. Set config.train.nan_policy='skip' to skip.")
+            metrics = jax.device_get(metrics)  # one small sync per step: NaN check and exact token counters
+            if not metrics["finite"] and tc.nan_policy == "stop":
+                checkpointer.close()
+                writer.close()
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradient at step {step} (loss={metrics['loss']}, grad_norm="
+                    f"{metrics['grad_norm']}); the update was not applied and the last good checkpoint "
+                    f"(step {checkpointer.latest_step()}) is kept. Set config.train.nan_policy='skip' to skip.")
             counters.tokens_processed += batch_tokens
+            counters.tokens_selected += int(metrics["n_selected"])
             counters.train_flops += trainer.train_flops_per_token * batch_tokens
-            counters.reference_flops += _reference_flops_per_step(trainer, batch_tokens)
-            if not isinstance(metrics["n_selected"], jax.Array):
-                counters.tokens_selected += int(metrics["n_selected"])
-            else:
-                counters.tokens_selected += int(jax.device_get(metrics["n_selected"]))
-            if step % tc.log_every == 0 or step == tc.steps:
+            counters.reference_flops += trainer.ref_flops_per_token * batch_tokens if trainer.spec.online else 0.0
+            log_now = step % tc.log_every == 0 or step == tc.steps
+            eval_now = bool(heldout) and (step % config.eval.every == 0 or step == tc.steps)
+            if log_now or eval_now:
                 dt = time.perf_counter() - t_last
-                tok_s = steps_since * batch_tokens / dt
-                flops_s = steps_since * batch_tokens * (trainer.train_flops_per_token + (
-                    trainer.ref_flops_per_token if trainer.spec.online else 0.0)) / dt
-                row = {k: v for k, v in jax.device_get(metrics).items()}
-                row.update(counters.to_dict(), tokens_per_s=tok_s, lr=float(train.learning_rate_schedule(tc)(step - 1)))
-                mfu = flops.mfu(flops_s, jax.device_count(), trainer.peak)
+                row = dict(metrics)
+                row.update(counters.to_dict(), tokens_per_s=steps_since * batch_tokens / dt,
+                           lr=float(train.learning_rate_schedule(tc)(step - 1)))
+                mfu = flops.mfu(steps_since * flops_per_step / dt, jax.device_count(), trainer.peak)
                 if mfu is not None:
                     row["mfu"] = mfu
+                if eval_now:
+                    last_eval = evaluate(state.params)
+                    row.update(last_eval)
                 row = writer.write(step, row)
-                t_last, steps_since = time.perf_counter(), 0
+                t_last, steps_since = time.perf_counter(), 0  # eval time never counts as training time
             if checkpointer.should_save(step) or step == tc.steps:
                 save(step, force=step == tc.steps)
             if preempt.requested or checkpointer.reached_preemption(step):
@@ -210,15 +225,19 @@ def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None 
 
 
 def export_final(workdir: str, cfg, params) -> None:
-    """The final params as an Orbax model dir `<workdir>/final` (usable as init.target / init.reference)."""
-    from etils import epath
+    """The final params as an Orbax model dir `<workdir>/final` (usable as init.target / init.reference).
 
-    final = epath.Path(workdir) / "final"
+    Every process takes part in the save (Orbax requires it); process 0 alone clears and renames."""
+    from etils import epath
+    from jax.experimental import multihost_utils
+
+    final, tmp = epath.Path(workdir) / "final", epath.Path(workdir) / "final.tmp"
     if final.exists():
         return
-    tmp = epath.Path(workdir) / "final.tmp"
-    if tmp.exists():
+    if jax.process_index() == 0 and tmp.exists():
         tmp.rmtree()
+    multihost_utils.sync_global_devices("rho_jax_export_final_start")
     ckpt.save_model(cfg, params, str(tmp))
+    multihost_utils.sync_global_devices("rho_jax_export_final_saved")
     if jax.process_index() == 0:
         tmp.rename(final)
