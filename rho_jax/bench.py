@@ -39,19 +39,8 @@ def _peak_memory() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host max RSS"
 
 
-def _time(fn, warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def bench_mode(config, mode: str, warmup: int = 2, iters: int = 5) -> dict:
-    """Median step time of one mode on the config's model and batch shape."""
+def build_mode(config, mode: str):
+    """A zero-argument callable running one step of `mode` (blocking on its output) and its FLOPs/token."""
     c = config.copy_and_resolve_references()
     with c.unlocked():
         c.objective.mode = "clm" if mode == "clm" else "slm"
@@ -65,61 +54,85 @@ def bench_mode(config, mode: str, warmup: int = 2, iters: int = 5) -> dict:
     batch = {k: jax.device_put(v, bsh) for k, v in host.items()}
     spec = train.StepSpec.from_config(c, m_cfg, m_cfg)
     tx = train.make_optimizer(c.train)
-    p_sh, _ = train.state_shardings(spec, tx, mesh, rules)
+    st_sh, _ = train.state_shardings(spec, tx, mesh, rules)
     if mode == "score":
-        params = jax.jit(lambda r: model.init_params(m_cfg, r), out_shardings=p_sh.params)(jax.random.PRNGKey(1))
+        params = jax.jit(lambda r: model.init_params(m_cfg, r), out_shardings=st_sh.params)(jax.random.PRNGKey(1))
         fwd = score.jitted_reference_forward(m_cfg, c.objective.ce_chunk, True,  # the cache stores both
-                                             in_shardings=(p_sh.params, {k: bsh for k in train.BATCH_KEYS}),
+                                             in_shardings=(st_sh.params, {k: bsh for k in train.BATCH_KEYS}),
                                              out_shardings=(bsh, bsh))
         sub = {k: batch[k] for k in train.BATCH_KEYS}
-        times = _time(lambda: fwd(params, sub), warmup, iters)
-        flops_tok = flops.reference_flops_per_token(m_cfg, seq)
-    else:
-        step = train.compile_train_step(spec, tx, mesh, rules)
-        state = train.init_state(spec, tx, mesh, jax.random.PRNGKey(0), rules=rules)
-        ref = None
-        if spec.online:
-            ref = jax.jit(lambda r: model.init_params(m_cfg, r), out_shardings=step.ref_shardings)(jax.random.PRNGKey(2))
-        holder = {"state": state}
+        mem = _compiled_memory(fwd, params, sub)
+        return (lambda: jax.block_until_ready(fwd(params, sub))), flops.reference_flops_per_token(m_cfg, seq), mem
+    step = train.compile_train_step(spec, tx, mesh, rules)
+    holder = {"state": train.init_state(spec, tx, mesh, jax.random.PRNGKey(0), rules=rules)}
+    ref = None
+    if spec.online:
+        ref = jax.jit(lambda r: model.init_params(m_cfg, r), out_shardings=step.ref_shardings)(jax.random.PRNGKey(2))
 
-        def one():
-            holder["state"], metrics = step(holder["state"], batch, ref)
-            return metrics["loss"]
+    def one():
+        holder["state"], metrics = step(holder["state"], batch, ref)
+        return jax.block_until_ready(metrics["loss"])
 
-        times = _time(one, warmup, iters)
-        flops_tok = flops.train_flops_per_token(m_cfg, seq)
-        if spec.online:
-            flops_tok += flops.reference_flops_per_token(m_cfg, seq)
-    t = statistics.median(times)
-    tok_s = b * seq / t
-    peak = flops.device_peak_flops(override=c.train.peak_flops)
-    # MFU counts useful model FLOPs only: the reference forward of online SLM counts as work done.
-    mfu = flops.mfu(tok_s * flops_tok, jax.device_count(), peak)
-    mem, mem_kind = _peak_memory()
-    return {"mode": mode, "step_s": t, "tokens_per_s": tok_s, "mfu": mfu, "peak_mem_gib": mem, "mem_kind": mem_kind}
+    flops_tok = flops.train_flops_per_token(m_cfg, seq)
+    if spec.online:  # MFU counts the reference forward as work done
+        flops_tok += flops.reference_flops_per_token(m_cfg, seq)
+    mem = _compiled_memory(step.jitted, holder["state"], {k: batch[k] for k in step.batch_shardings}, ref)
+    return one, flops_tok, mem
+
+
+def _compiled_memory(jitted, *args) -> float | None:
+    """GiB the compiled program needs per device (arguments + outputs + temporaries - donated aliases)."""
+    try:
+        m = jitted.lower(*args).compile().memory_analysis()
+        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+        return total / 2**30
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
 
 
 def run(config, modes=MODES, warmup: int = 2, iters: int = 5) -> list[dict]:
-    rows = [bench_mode(config, m, warmup, iters) for m in modes]
+    """Times the modes round-robin (one step of each in turn), so background load hits all alike."""
+    runners = {m: build_mode(config, m) for m in modes}
+    for fn, _, _ in runners.values():
+        for _ in range(warmup):
+            fn()
+    times = {m: [] for m in modes}
+    for _ in range(iters):
+        for m, (fn, _, _) in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            times[m].append(time.perf_counter() - t0)
+    b, seq = config.train.batch_size, config.data.seq_len
+    peak = flops.device_peak_flops(override=config.train.peak_flops)
+    mem, mem_kind = _peak_memory()
+    rows = []
+    for m in modes:
+        t = statistics.median(times[m])
+        tok_s = b * seq / t
+        rows.append({"mode": m, "step_s": t, "tokens_per_s": tok_s, "peak_mem_gib": mem, "mem_kind": mem_kind,
+                     "compiled_mem_gib": runners[m][2], "mfu": flops.mfu(tok_s * runners[m][1], jax.device_count(), peak)})
     clm = next((r for r in rows if r["mode"] == "clm"), None)
     for r in rows:
         r["vs_clm"] = r["step_s"] / clm["step_s"] if clm and r["mode"] != "score" else None
     return rows
 
 
-def table(config, rows: list[dict], name: str) -> str:
+def table(config, rows: list[dict], name: str, iters: int) -> str:
     dev = jax.devices()[0]
     m = config.model
+    peak = rows[0]
     head = (f"### {name} — {jax.device_count()}× {dev.device_kind} ({dev.platform}), jax {jax.__version__}, "
             f"{datetime.date.today().isoformat()}\n\n"
             f"model d={m.d_model} L={m.n_layers} H={m.n_heads}/{m.n_kv_heads} ff={m.d_ff} V={m.vocab_size}, "
             f"dtype {m.dtype}, remat {m.remat}, attention {m.attention}, ce_chunk {config.objective.ce_chunk}; "
-            f"batch {config.train.batch_size} × seq {config.data.seq_len}; median of timed steps\n\n"
-            "| mode | step (ms) | tokens/s | MFU | × CLM step | peak memory |\n|---|---|---|---|---|---|\n")
+            f"batch {config.train.batch_size} × seq {config.data.seq_len}. Median of {iters} steps per mode, "
+            f"timed round-robin. Process peak memory over all modes: {peak['peak_mem_gib']:.2f} GiB "
+            f"({peak['mem_kind']}).\n\n"
+            "| mode | step (ms) | tokens/s | MFU | × CLM step | compiled memory / device |\n|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (peak unknown)"
         ratio = f"{r['vs_clm']:.3f}" if r["vs_clm"] is not None else "—"
-        lines.append(f"| {r['mode']} | {1e3 * r['step_s']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ratio} | "
-                     f"{r['peak_mem_gib']:.2f} GiB ({r['mem_kind']}) |")
+        mem = f"{r['compiled_mem_gib']:.2f} GiB" if r["compiled_mem_gib"] is not None else "n/a"
+        lines.append(f"| {r['mode']} | {1e3 * r['step_s']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ratio} | {mem} |")
     return head + "\n".join(lines) + "\n"

@@ -69,7 +69,7 @@ def cmd_bench(argv):
 
         f = flags.FLAGS
         rows = bench.run(f.config, tuple(f.modes.split(",")), f.warmup, f.iters)
-        text = bench.table(f.config, rows, f.name or "rho-jax bench")
+        text = bench.table(f.config, rows, f.name or "rho-jax bench", f.iters)
         print(text)
         if f.append:
             with open("BENCHMARKS.md", "a") as out:
