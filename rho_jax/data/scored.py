@@ -28,6 +28,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from rho_jax import assets
+
 from rho_jax.data import tf_setup  # only register_cache_task uses TF
 from rho_jax.data.pipeline import INT_KEYS
 
@@ -64,14 +66,6 @@ def params_identity(params) -> str:
         h.update(f"{jax.tree_util.keystr(path)}:{leaf.shape}:{leaf.dtype}".encode())
         h.update(np.ascontiguousarray(leaf).tobytes())
     return "params-sha256:" + h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_manifest(cache_dir: Path) -> Optional[dict]:
@@ -151,7 +145,7 @@ def score_examples(ref_cfg, ref_params, examples: Mapping[str, np.ndarray], cach
             np.savez(f, **out)
         os.replace(tmp, cache_dir / name)  # a shard is either complete or absent
         manifest["shards"][str(s)] = {"file": name, "start": start, "stop": stop,
-                                      "sha256": _file_sha256(cache_dir / name)}
+                                      "sha256": assets.sha256_file(cache_dir / name)}
         manifest["complete"] = len(manifest["shards"]) == manifest["num_shards"]
         _write_manifest(cache_dir, manifest)
     bar.close()
@@ -182,7 +176,7 @@ def verify_cache(cache_dir, expected_fingerprint: Optional[str] = None, check_sh
             path = cache_dir / info["file"]
             if not path.exists():
                 raise CacheError(f"score cache shard {path} is missing; re-score it (delete its manifest entry)")
-            digest = _file_sha256(path)
+            digest = assets.sha256_file(path)
             if digest != info["sha256"]:
                 raise CacheError(f"score cache shard {path} is corrupt: sha256 {digest}, manifest says "
                                  f"{info['sha256']}; delete the shard and its manifest entry, then resume scoring")

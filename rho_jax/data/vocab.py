@@ -52,7 +52,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: Path,
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return assets.sha256_file(path)
 
 
 def demo_vocab_path(vocab_size: int = DEMO_VOCAB_SIZE, out_dir: Optional[Path] = None) -> Path:
