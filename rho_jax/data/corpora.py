@@ -364,7 +364,7 @@ def export(name: str, split: str = "train", out_dir: Optional[Path] = None) -> P
                  "package": {"name": pkg.name, "version": pkg.version, "wheel_sha256": pkg.sha256,
                              "licence": pkg.licence}})
     prov.setdefault("splits", {})[split] = {**report.as_dict(), "file": path.name,
-                                            "sha256": assets._sha256(path)}
+                                            "sha256": assets.sha256_file(path)}
     tmp = prov_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(prov, indent=1, sort_keys=True))
     tmp.replace(prov_path)
