@@ -22,13 +22,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from rho_jax import model, objective, sharding
 from rho_jax.score import reference_forward, token_ce
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions")
-CACHED_KEYS = ("ref_ce", "ref_entropy")
 
 
 @flax.struct.dataclass
@@ -176,7 +175,7 @@ def train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainSta
     (metrics['finite'] == 0) so the caller can stop cleanly or skip."""
     rng, sel_rng = jax.random.split(state.rng)
     loss, grads, ce_BxL, weight_BxL, stats = loss_and_grads(spec, state.params, batch, ref_params, state.step, sel_rng)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -229,11 +228,20 @@ def compile_train_step(spec: StepSpec, tx, mesh: Mesh, rules=sharding.DEFAULT_RU
     jitted = jax.jit(step, in_shardings=(st_sh, b_sh, ref_sh), out_shardings=(st_sh, rep), donate_argnums=(0,))
 
     def run(state, batch, ref_params=None):
-        with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
+        with _mesh_context(mesh):
             return jitted(state, {k: batch[k] for k in b_sh}, ref_params)
 
     run.jitted, run.state_shardings, run.ref_shardings, run.batch_shardings = jitted, st_sh, ref_sh, b_sh
     return run
+
+
+def _mesh_context(mesh: Mesh):
+    """The mesh as the ambient mesh for logical constraints, across jax versions."""
+    if hasattr(jax, "set_mesh"):
+        return jax.set_mesh(mesh)
+    if hasattr(jax.sharding, "use_mesh"):
+        return jax.sharding.use_mesh(mesh)
+    return mesh
 
 
 def init_state(spec: StepSpec, tx, mesh: Mesh, rng: jax.Array, params=None, rules=sharding.DEFAULT_RULES) -> TrainState:
@@ -258,7 +266,3 @@ def place(tree, shardings):
         return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
 
     return jax.tree.map(put, tree, shardings)
-
-
-def batch_spec_for(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(sharding.BATCH_AXES, None))
