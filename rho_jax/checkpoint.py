@@ -4,23 +4,32 @@ A checkpoint step holds two items:
   state: the TrainState (step, params, opt_state, rng), restored onto any mesh (resharded on load);
   meta:  JSON with the input position and the cumulative counters.
 
-Restoring tries the latest step first; a corrupt or incomplete one is reported with a warning
-and the previous complete step is used. If no step restores, `CheckpointError` is raised and
-nothing in the workdir is touched.
+Writing is deferred: `Checkpointer` opens the directory read-only to restore and creates its
+writing manager only at the first save, so a run that fails its checks writes nothing.
+
+Restoring tries the latest step first. A step that Orbax cannot read (a truncated or missing
+array file, bad metadata) or that holds non-finite values is reported with a warning and the
+previous step is used; the unusable later steps are moved to `<workdir>/unusable_checkpoints/`
+just before the first new save (so they are never mistaken for, or block, a new save). If no
+step restores, `CheckpointError` is raised and nothing in the workdir is touched.
+Orbax finalises a step by renaming its tmp dir (or writing commit_success.txt on GCS), so a save
+killed mid-way is never listed as a step; its tmp dir is removed when the writer opens.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-log = logging.getLogger(__name__)
+UNUSABLE_DIR = "unusable_checkpoints"
 
 
 class CheckpointError(RuntimeError):
@@ -31,26 +40,65 @@ def _join(workdir: str, name: str) -> str:
     return workdir.rstrip("/") + "/" + name if "://" in workdir else os.path.join(workdir, name)
 
 
+def _all_processes_ok(ok: bool) -> bool:
+    """True only if every process succeeded, so all hosts fall back to the same step."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
 class Checkpointer:
     """Wraps `ocp.CheckpointManager` for the train loop (all processes call it, as Orbax requires)."""
 
     def __init__(self, workdir: str, every: int = 0, keep: int = 3, keep_best: bool = False,
                  async_save: bool = True):
+        self.workdir = workdir
         self.directory = _join(workdir, "checkpoints")
         self.every = int(every)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            enable_async_checkpointing=async_save,
-            create=True,
-            cleanup_tmp_directories=True,  # a save killed mid-way leaves only a tmp dir: drop it
-            best_fn=(lambda m: m["eval_loss"]) if keep_best else None,
+        self._keep, self._keep_best, self._async = keep, keep_best, async_save
+        self._writer: ocp.CheckpointManager | None = None
+        self._unusable: list[int] = []  # steps that failed to restore, set aside before the first save
+
+    def _options(self, read_only: bool) -> ocp.CheckpointManagerOptions:
+        return ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else self._keep,
+            save_interval_steps=0 if read_only else 1,  # the loop decides when to save
+            enable_async_checkpointing=self._async,
+            create=not read_only,
+            read_only=read_only,
+            cleanup_tmp_directories=not read_only,  # a save killed mid-way leaves only a tmp dir: drop it
+            best_fn=(lambda m: m["eval_loss"]) if self._keep_best else None,
             best_mode="min",
             keep_checkpoints_without_metrics=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def _manager(self, read_only: bool) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(self.directory, options=self._options(read_only), item_names=("state", "meta"))
+
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        """The writing manager, created on first use (after unusable steps are moved aside)."""
+        if self._writer is None:
+            self._set_aside_unusable()
+            self._writer = self._manager(read_only=False)
+        return self._writer
+
+    def _exists(self) -> bool:
+        return epath.Path(self.directory).exists()
 
     def all_steps(self) -> list[int]:
-        return sorted(self.manager.all_steps(read=True))
+        """Complete steps on disk (a save still in flight or killed mid-way is not listed)."""
+        if self._writer is not None:
+            return sorted(self._writer.all_steps())
+        if not self._exists():
+            return []
+        reader = self._manager(read_only=True)
+        try:
+            return sorted(reader.all_steps())
+        finally:
+            reader.close()
 
     def latest_step(self) -> int | None:
         steps = self.all_steps()
@@ -60,6 +108,7 @@ class Checkpointer:
         return self.every > 0 and step % self.every == 0
 
     def save(self, step: int, state, meta: dict, eval_loss: float | None = None, force: bool = False) -> bool:
+        """Starts an (asynchronous) save of `state` and `meta` at `step`; False if that step already exists."""
         if step in self.manager.all_steps():
             return False
         metrics = {"eval_loss": float(eval_loss)} if eval_loss is not None else None
@@ -75,46 +124,86 @@ class Checkpointer:
             return False
 
     def wait(self):
-        self.manager.wait_until_finished()
+        """Blocks until the save in flight (if any) is committed."""
+        if self._writer is not None:
+            self._writer.wait_until_finished()
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        if self._writer is not None:
+            self._writer.wait_until_finished()
+            self._writer.close()
+            self._writer = None
 
     def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict, int] | None:
         """Restores (state, meta, step) from `step`, or the latest step that restores cleanly.
 
         `abstract_state` is a TrainState of `jax.ShapeDtypeStruct`s carrying the target shardings,
-        so a checkpoint written on one mesh loads onto another. Returns None when no checkpoint exists.
+        so a checkpoint written on one mesh loads onto another. Returns None when no checkpoint
+        exists. Reads only: nothing is written or deleted here.
         """
-        steps = [step] if step is not None else self.all_steps()[::-1]
-        if not steps:
+        if not self._exists():
+            if step is not None:
+                raise CheckpointError(f"no checkpoint directory {self.directory} (asked for step {step})")
             return None
-        errors = []
-        for s in steps:
-            try:
-                out = self.manager.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-                state = out["state"]
-                _check_finite_tree(state, s)
-                return state, dict(out["meta"]), s
-            except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
-                msg = f"checkpoint step {s} in {self.directory} could not be restored ({type(e).__name__}: {e})"
+        reader = self._manager(read_only=True)
+        try:
+            steps = [step] if step is not None else sorted(reader.all_steps(), reverse=True)
+            if not steps:
+                return None
+            errors = []
+            for s in steps:
+                try:
+                    out = reader.restore(s, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                    state, meta = out["state"], dict(out["meta"])
+                    _check_finite_tree(state, s)
+                    err = None
+                except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
+                    err = f"{type(e).__name__}: {str(e)[:500]}"
+                if _all_processes_ok(err is None):
+                    if errors:
+                        self._unusable = [x for x in steps if x > s]
+                    return state, meta, s
+                msg = (f"checkpoint step {s} in {self.directory} could not be restored "
+                       f"({err or 'failed on another process'})")
                 errors.append(msg)
-                if len(steps) > 1:
-                    log.warning("%s; falling back to the previous checkpoint", msg)
+                if step is None:
                     print(f"WARNING: {msg}; falling back to the previous checkpoint", flush=True)
-        raise CheckpointError("no usable checkpoint in " + self.directory + ":\n  " + "\n  ".join(errors) +
+        finally:
+            reader.close()
+        raise CheckpointError(f"no usable checkpoint in {self.directory}:\n  " + "\n  ".join(errors) +
                               "\nNothing was overwritten. Remove the broken steps or point config.workdir elsewhere.")
+
+    def _set_aside_unusable(self):
+        """Moves the steps that failed to restore to <workdir>/unusable_checkpoints/ (process 0)."""
+        if not self._unusable:
+            return
+        if jax.process_index() == 0:
+            dest = epath.Path(_join(self.workdir, UNUSABLE_DIR))
+            dest.mkdir(parents=True, exist_ok=True)
+            for s in self._unusable:
+                src = epath.Path(self.directory) / str(s)
+                if src.exists():
+                    target = dest / f"{s}-{time.strftime('%Y%m%dT%H%M%S')}"
+                    src.rename(target)
+                    print(f"WARNING: moved unusable checkpoint step {s} to {target}", flush=True)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("rho_jax_set_aside_unusable")
+        self._unusable = []
 
 
 def _check_finite_tree(state, step):
-    import numpy as np
-
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-        if hasattr(leaf, "dtype") and np.issubdtype(leaf.dtype, np.floating):
-            if not bool(jax.numpy.isfinite(leaf).all()):
-                raise CheckpointError(f"non-finite values in {jax.tree_util.keystr(path)} at step {step}")
+    """Raises if any floating leaf holds NaN or inf (one jitted reduction over the whole tree)."""
+    leaves = [(path, x) for path, x in jax.tree_util.tree_leaves_with_path(state)
+              if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.floating)]
+    if not leaves:
+        return
+    finite = jax.jit(lambda xs: jax.numpy.stack([jax.numpy.isfinite(x).all() for x in xs]))([x for _, x in leaves])
+    bad = [jax.tree_util.keystr(path) for (path, _), ok in zip(leaves, np.asarray(finite)) if not ok]
+    if bad:
+        raise CheckpointError(f"non-finite values in {', '.join(bad[:5])} at step {step}")
 
 
 def abstract_like(tree, shardings):
@@ -123,20 +212,25 @@ def abstract_like(tree, shardings):
 
 
 class PreemptionWatcher:
-    """Turns SIGTERM into a flag the loop checks at each step boundary (save, wait, exit 0)."""
+    """Turns SIGTERM into a flag the loop checks at each step boundary (save, wait, exit 0).
 
-    def __init__(self):
+    Single-process only: on a multi-host job JAX's preemption service owns SIGTERM and every
+    process learns of it at the same step through `Checkpointer.reached_preemption`."""
+
+    def __init__(self, enabled: bool | None = None):
         self._event = threading.Event()
         self._previous = None
+        self.enabled = jax.process_count() == 1 if enabled is None else enabled
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())  # no I/O in a handler
         return self
 
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
     @property
     def requested(self) -> bool:
@@ -153,8 +247,6 @@ def save_model(cfg, params, directory: str) -> None:
     import dataclasses
     import json
 
-    from etils import epath
-
     path = epath.Path(directory)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path / "params", params)
@@ -164,8 +256,6 @@ def save_model(cfg, params, directory: str) -> None:
 
 
 def is_model_dir(directory: str) -> bool:
-    from etils import epath
-
     p = epath.Path(directory)
     return (p / MODEL_CONFIG_FILE).exists() or (p / "final" / MODEL_CONFIG_FILE).exists()
 
@@ -173,8 +263,6 @@ def is_model_dir(directory: str) -> bool:
 def load_model(directory: str, shardings=None):
     """(ModelConfig, params) from `save_model` output, or the latest train checkpoint's params in a workdir."""
     import json
-
-    from etils import epath
 
     from rho_jax.model import ModelConfig, param_shapes
 

@@ -144,6 +144,15 @@ def validate(c: ml_collections.ConfigDict, n_devices: int | None = None) -> None
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"config.train.batch_size={t.batch_size} is not divisible by "
                           f"config.train.grad_accum={t.grad_accum}")
+    if t.log_every < 1:
+        raise ConfigError(f"config.train.log_every={t.log_every} must be >= 1")
+    k = c.checkpoint
+    if k.every < 0 or k.keep < 1:
+        raise ConfigError(f"config.checkpoint.every={k.every} must be >= 0 (0 disables) and "
+                          f"config.checkpoint.keep={k.keep} must be >= 1")
+    if k.keep_best and c.eval.every <= 0:
+        raise ConfigError("config.checkpoint.keep_best=True needs config.eval.every > 0: the best checkpoint "
+                          "is chosen by held-out eval loss")
     if c.data.seq_len < 2:
         raise ConfigError(f"config.data.seq_len={c.data.seq_len} must be >= 2")
     if not c.init.target and c.data.seq_len > c.model.max_positions:

@@ -2,11 +2,13 @@
 
 Order of work in `run`:
   1. validate the config (before any compute, before touching the workdir);
-  2. load or initialise the target and reference models, check they agree;
-  3. build the mesh, the jitted step and the TrainState (restored from the latest good checkpoint
-     onto this mesh, with the input position and counters);
-  4. step; log metrics at every log step; save at the interval; on SIGTERM or a preemption
-     notice save at the next step boundary, wait for the save, and return (exit 0).
+  2. load or initialise the target and reference models (read-only), check they agree;
+  3. build the mesh, the (lazily compiled) step and the TrainState, restored read-only from the
+     latest good checkpoint onto this mesh, with the input position and counters; build the
+     input and check its vocabulary against the model;
+  4. only now write to the workdir; step; log metrics at every log step; save at the interval;
+     on SIGTERM or a preemption notice save at the next step boundary, wait for the save, and
+     return (exit 0); on a non-finite loss stop with an error naming the step (or skip it).
 """
 
 from __future__ import annotations
@@ -106,7 +108,9 @@ class Trainer:
                                 self._init_params, self.rules)
 
     def abstract_state(self) -> train.TrainState:
-        shapes = jax.eval_shape(self.init_state)
+        """The TrainState as ShapeDtypeStructs with this mesh's shardings (traced, nothing allocated)."""
+        shapes = jax.eval_shape(lambda rng: train.init_state(self.spec, self.tx, self.mesh, rng, None, self.rules),
+                                jax.eval_shape(jax.random.PRNGKey, self.config.seed))
         return ckpt.abstract_like(shapes, self.step_fn.state_shardings)
 
     def global_batch(self, local_batch: dict) -> dict:
@@ -127,21 +131,43 @@ def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None 
     """Trains to config.train.steps (resuming if a checkpoint exists). Returns the last metrics row.
 
     `make_input(config, input_state) -> iterator` yields host-local numpy batches and has
-    `get_state()`; None uses `rho_jax.data.inputs.input_for_training`.
+    `get_state()`; None uses `rho_jax.data.inputs.input_for_training`. Every check (config, models,
+    vocabulary, checkpoint) runs before anything is written to config.workdir or compiled.
     """
     from rho_jax.distributed import maybe_initialize
 
     maybe_initialize()
-    trainer = trainer or Trainer(config)
+    with ckpt.PreemptionWatcher() as preempt:  # a SIGTERM from here on saves at the next step boundary
+        return _run(config, make_input, trainer, preempt)
+
+
+def _trim_metrics(workdir: str, step: int) -> None:
+    """Drops metrics.jsonl rows after `step`: a run killed after its last checkpoint wrote them, and
+    the resumed run writes them again."""
+    from etils import epath
+
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if jax.process_index() != 0 or not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        tmp = epath.Path(workdir) / "metrics.jsonl.tmp"
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        tmp.replace(path)
+
+
+def _run(config, make_input, trainer, preempt) -> dict:
+    workdir, tc = config.workdir, config.train
+    config_lib.validate(config, jax.device_count())
+    trainer = trainer or Trainer(config)  # loads the models read-only and checks them; jit compiles lazily
     if make_input is None:
         from rho_jax.data.inputs import input_for_training as make_input  # seqio lives only in data/
-    workdir, tc = config.workdir, config.train
     checkpointer = ckpt.Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep,
                                      config.checkpoint.keep_best, config.checkpoint.async_save)
-    restored = checkpointer.restore(trainer.abstract_state())
-    if restored is None:
-        state, input_state, counters = trainer.init_state(), None, Counters()
-    else:
+    restored = checkpointer.restore(trainer.abstract_state())  # reads only; falls back past a bad latest step
+    input_state, counters = None, Counters()
+    if restored is not None:
         state, meta, step = restored
         input_state, counters = meta.get("input"), Counters(**meta.get("counters", {}))
         print(f"resumed from checkpoint step {step} in {checkpointer.directory}", flush=True)
@@ -150,15 +176,20 @@ def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None 
     if vocab_size is not None and vocab_size > trainer.spec.model.vocab_size:
         raise config_lib.ConfigError(f"vocabulary mismatch: the tokenizer has {vocab_size} ids but the target model's "
                                      f"vocab_size is {trainer.spec.model.vocab_size}; set config.model.vocab_size")
+    if restored is None:
+        state = trainer.init_state()  # the first compute, after every check
     heldout = {}
     if config.eval.every > 0:
         from rho_jax.data.inputs import heldout_sets
 
         heldout = heldout_sets(config)
+    # Every check has passed: from here on the workdir is written.
     write_run_files(workdir, config, trainer.spec.model)
+    _trim_metrics(workdir, restored[2] if restored is not None else 0)
     writer = MetricsWriter(workdir)
     batch_tokens = tc.batch_size * config.data.seq_len
-    flops_per_step = batch_tokens * (trainer.train_flops_per_token + (trainer.ref_flops_per_token if trainer.spec.online else 0.0))
+    ref_flops_per_token = trainer.ref_flops_per_token if trainer.spec.online else 0.0
+    flops_per_step = batch_tokens * (trainer.train_flops_per_token + ref_flops_per_token)
     step = int(state.step)
     row: dict = {}
     last_eval: dict = {}
@@ -177,46 +208,55 @@ def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None 
         checkpointer.save(step, state, meta, eval_loss=last_eval.get("eval_loss"), force=force)
 
     t_last, steps_since = time.perf_counter(), 0
-    with ckpt.PreemptionWatcher() as preempt:
-        while step < tc.steps:
-            batch = trainer.global_batch(next(batches))
-            state, metrics = trainer.train_step(state, batch)
-            step += 1
-            steps_since += 1
-            metrics = jax.device_get(metrics)  # one small sync per step: NaN check and exact token counters
-            if not metrics["finite"] and tc.nan_policy == "stop":
+    while step < tc.steps:
+        batch = trainer.global_batch(next(batches))
+        state, metrics = trainer.train_step(state, batch)
+        step += 1
+        steps_since += 1
+        metrics = jax.device_get(metrics)  # one small sync per step: NaN check and exact token counters
+        if not metrics["finite"]:
+            if tc.nan_policy == "stop":
+                writer.write(step, metrics)
+                checkpointer.wait()  # the last good checkpoint is complete before we report it
+                last = checkpointer.latest_step()
                 checkpointer.close()
                 writer.close()
+                kept = (f"the last good checkpoint (step {last} in {checkpointer.directory}) is kept"
+                        if last is not None else "no checkpoint had been written yet")
                 raise NonFiniteLossError(
                     f"non-finite loss or gradient at step {step} (loss={metrics['loss']}, grad_norm="
-                    f"{metrics['grad_norm']}); the update was not applied and the last good checkpoint "
-                    f"(step {checkpointer.latest_step()}) is kept. Set config.train.nan_policy='skip' to skip.")
-            counters.tokens_processed += batch_tokens
-            counters.tokens_selected += int(metrics["n_selected"])
-            counters.train_flops += trainer.train_flops_per_token * batch_tokens
-            counters.reference_flops += trainer.ref_flops_per_token * batch_tokens if trainer.spec.online else 0.0
-            log_now = step % tc.log_every == 0 or step == tc.steps
-            eval_now = bool(heldout) and (step % config.eval.every == 0 or step == tc.steps)
-            if log_now or eval_now:
-                dt = time.perf_counter() - t_last
-                row = dict(metrics)
-                row.update(counters.to_dict(), tokens_per_s=steps_since * batch_tokens / dt,
-                           lr=float(train.learning_rate_schedule(tc)(step - 1)))
-                mfu = flops.mfu(steps_since * flops_per_step / dt, jax.device_count(), trainer.peak)
-                if mfu is not None:
-                    row["mfu"] = mfu
-                if eval_now:
-                    last_eval = evaluate(state.params)
-                    row.update(last_eval)
-                row = writer.write(step, row)
-                t_last, steps_since = time.perf_counter(), 0  # eval time never counts as training time
-            if checkpointer.should_save(step) or step == tc.steps:
-                save(step, force=step == tc.steps)
-            if preempt.requested or checkpointer.reached_preemption(step):
-                save(step, force=True)
-                checkpointer.wait()
-                print(f"preempted: saved checkpoint at step {step}; exiting cleanly", flush=True)
-                break
+                    f"{metrics['grad_norm']}); the update was not applied and {kept}. "
+                    f"Set config.train.nan_policy='skip' to skip such updates instead.")
+            print(f"WARNING: non-finite loss or gradient at step {step}: update skipped (nan_policy='skip')",
+                  flush=True)
+        counters.tokens_processed += batch_tokens
+        counters.tokens_selected += int(metrics["n_selected"])
+        counters.train_flops += trainer.train_flops_per_token * batch_tokens
+        counters.reference_flops += ref_flops_per_token * batch_tokens
+        log_now = step % tc.log_every == 0 or step == tc.steps
+        eval_now = bool(heldout) and (step % config.eval.every == 0 or step == tc.steps)
+        if log_now or eval_now:
+            dt = time.perf_counter() - t_last
+            row = dict(metrics)
+            row.update(counters.to_dict(), tokens_per_s=steps_since * batch_tokens / dt,
+                       lr=float(train.learning_rate_schedule(tc)(step - 1)))
+            mfu = flops.mfu(steps_since * flops_per_step / dt, jax.device_count(), trainer.peak)
+            if mfu is not None:
+                row["mfu"] = mfu
+            if eval_now:
+                last_eval = evaluate(state.params)
+                row.update(last_eval)
+            row = writer.write(step, row)
+            t_last, steps_since = time.perf_counter(), 0  # eval time never counts as training time
+        if checkpointer.should_save(step) or step == tc.steps:
+            save(step, force=step == tc.steps)
+        if preempt.requested or checkpointer.reached_preemption(step):
+            print(f"preemption requested: saving a checkpoint at step {step}", flush=True)
+            save(step, force=True)
+            checkpointer.wait()
+            print(f"preempted: saved checkpoint at step {step} in {checkpointer.directory}; exiting cleanly",
+                  flush=True)
+            break
     checkpointer.close()
     writer.close()
     if step >= tc.steps:

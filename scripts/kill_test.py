@@ -1,0 +1,191 @@
+"""kill -9 a real `rho-jax train` at random points, restart it, and check that it finishes with
+final params bit-identical to an uninterrupted run of the same config (CPU, 1 device).
+
+    .venv/bin/python scripts/kill_test.py [--trials 20] [--steps 12] [--workdir DIR] [--seed 0]
+
+Each trial starts a fresh run, waits until checkpoint step t (random) is being written (kill during
+the asynchronous save) or has been written (kill after a random delay of up to 0.3 s), sends SIGKILL,
+restarts the same command and lets it finish. The run is online-reference SLM (top-k selection,
+reference forward), so every state piece must round-trip: step, params, opt_state, rng, input position.
+tests/test_resume.py imports the helpers below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RHO_JAX = str(ROOT / ".venv" / "bin" / "rho-jax") if (ROOT / ".venv" / "bin" / "rho-jax").exists() else "rho-jax"
+
+
+def make_reference_model(directory: Path, seed: int = 1) -> Path:
+    """A random-init Orbax model dir with configs/tiny.py's architecture (the online reference)."""
+    import jax
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from configs import tiny
+    from rho_jax import checkpoint, config as config_lib, model
+
+    if not (directory / checkpoint.MODEL_CONFIG_FILE).exists():
+        cfg = config_lib.model_config(tiny.get_config())
+        params = jax.tree.map(np.asarray, model.init_params(cfg, jax.random.PRNGKey(seed)))
+        checkpoint.save_model(cfg, params, str(directory))
+    return directory
+
+
+def train_overrides(workdir: Path, reference: Path, steps: int = 12, **extra) -> list[str]:
+    """CLI flags of the small online-SLM run every resume check uses (checkpoint every step)."""
+    flags = {"objective.mode": "slm", "objective.reference": "online", "init.reference": str(reference),
+             "data.max_rows": 64, "data.seq_len": 32, "train.steps": steps, "train.log_every": 1,
+             "checkpoint.every": 1, "workdir": str(workdir)}
+    flags.update(extra)
+    return ["train", f"--config={ROOT / 'configs' / 'tiny.py'}"] + [f"--config.{k}={v}" for k, v in flags.items()]
+
+
+def cli_env(devices: int = 1, compile_cache: Path | None = None) -> dict:
+    """The subprocess environment: `devices` simulated CPU devices and, optionally, a persistent
+    compilation cache (a cache hit loads the same executable, so results are unchanged)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if compile_cache is not None:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(compile_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return env
+
+
+def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen([RHO_JAX] + args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def run(args: list[str], env: dict, log: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs `rho-jax args` to completion; returns it with .output = this run's log text."""
+    proc = start(args, env, log)
+    before = log.stat().st_size if log.exists() else 0
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    text = log.read_bytes()[before:].decode(errors="replace")
+    return subprocess.CompletedProcess(proc.args, rc, text, "")
+
+
+def _steps_on_disk(ckpt_dir: Path) -> tuple[set[int], set[int]]:
+    """(finalised steps, steps whose save is in flight) under a checkpoints dir."""
+    done, tmp = set(), set()
+    try:
+        names = os.listdir(ckpt_dir)
+    except FileNotFoundError:
+        return done, tmp
+    for name in names:
+        head = name.split(".", 1)[0]
+        if head.isdigit():
+            (done if name == head else tmp).add(int(head))
+    return done, tmp
+
+
+def kill_at(proc: subprocess.Popen, ckpt_dir: Path, step: int, during_save: bool, rng: random.Random,
+            timeout: float = 600) -> str:
+    """SIGKILLs `proc` (its process group) while checkpoint `step` is being saved (`during_save`) or
+    a random 0-0.3 s after it is complete. Returns what happened ('killed ...' or 'exited rc=N')."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited rc={proc.returncode}"
+        done, tmp = _steps_on_disk(ckpt_dir)
+        if during_save and step in tmp:
+            how = f"killed during the save of step {step}"
+            break
+        if any(s >= step for s in done):
+            if not during_save:
+                time.sleep(rng.uniform(0.0, 0.3))
+            how = f"killed after step {step} was saved" + ("" if not during_save else " (save not caught in flight)")
+            break
+        time.sleep(0.002)
+    else:
+        how = "killed at the timeout"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return how
+
+
+def final_params(workdir: Path):
+    """Host numpy params of <workdir>/final."""
+    import jax
+    import numpy as np
+
+    from rho_jax import checkpoint
+
+    _, params = checkpoint.load_model(str(workdir / "final"))
+    return jax.tree.map(np.asarray, params)
+
+
+def bit_identical(a, b) -> bool:
+    import jax
+    import numpy as np
+
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    return [p for p, _ in la] == [p for p, _ in lb] and all(
+        x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x.view(np.uint8), y.view(np.uint8))
+        for (_, x), (_, y) in zip(la, lb))
+
+
+def resumed_from(output: str) -> int | None:
+    for line in output.splitlines():
+        if line.startswith("resumed from checkpoint step "):
+            return int(line.split()[4])
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default="/tmp/rho_jax_kill_test")
+    args = ap.parse_args(argv)
+    root = Path(args.workdir)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    rng = random.Random(args.seed)
+    env = cli_env(1, root / "jax_cache")
+    reference = make_reference_model(root / "reference_model")
+    t0 = time.perf_counter()
+    res = run(train_overrides(root / "uninterrupted", reference, args.steps), env, root / "uninterrupted.log")
+    if res.returncode != 0:
+        print(res.stdout[-3000:])
+        raise SystemExit(f"the uninterrupted run failed (rc={res.returncode})")
+    expected = final_params(root / "uninterrupted")
+    results = []
+    for i in range(args.trials):
+        wd, log = root / f"trial{i:02d}", root / f"trial{i:02d}.log"
+        step, during = rng.randint(1, args.steps - 1), rng.random() < 0.5
+        proc = start(train_overrides(wd, reference, args.steps), env, log)
+        how = kill_at(proc, wd / "checkpoints", step, during, rng)
+        res = run(train_overrides(wd, reference, args.steps), env, log)
+        same = res.returncode == 0 and bit_identical(final_params(wd), expected)
+        results.append({"trial": i, "kill_step": step, "how": how, "resumed_from": resumed_from(res.stdout),
+                        "rc": res.returncode, "bit_identical": same})
+        print(json.dumps(results[-1]), flush=True)
+    n_ok = sum(r["bit_identical"] for r in results)
+    print(f"{n_ok}/{len(results)} trials finished bit-identical to the uninterrupted run "
+          f"({time.perf_counter() - t0:.0f} s)")
+    return 0 if n_ok == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
