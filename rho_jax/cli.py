@@ -22,11 +22,50 @@ commands:
 """
 
 
+class UsageError(Exception):
+    pass
+
+
+def _parse(argv):
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except AttributeError as e:  # ml_collections: an override names a key the config does not have
+        raise UsageError(f"unknown config key in the overrides: {e}; see rho_jax/config.py:base_config") from None
+    except flags.Error as e:
+        raise UsageError(str(e)) from None
+
+
+def _user_errors() -> tuple:
+    """Errors that name a problem the user can fix: printed as one line, not a traceback."""
+    from rho_jax.checkpoint import CheckpointError
+    from rho_jax.config import ConfigError
+
+    errors = [ConfigError, CheckpointError, FileNotFoundError, FileExistsError]
+    if "rho_jax.data.scored" in sys.modules:  # only loaded where the data layer ran
+        errors.append(sys.modules["rho_jax.data.scored"].CacheError)
+    return tuple(errors)
+
+
 def _absl_main(argv, body):
+    """Runs `body(args)` under absl; a config or input problem prints one line and exits 2."""
     from absl import app, flags
 
     flags.FLAGS.unparse_flags()
-    app.run(lambda args: body(args), argv=argv, flags_parser=lambda a: flags.FLAGS(a))
+
+    def guarded(args):
+        try:
+            return body(args)
+        except _user_errors() as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    try:
+        app.run(guarded, argv=argv, flags_parser=_parse)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _config_flag(default: str | None = None):

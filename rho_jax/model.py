@@ -275,8 +275,8 @@ def _unbox(tree):
 
 
 def _abstract_boxed(cfg: ModelConfig):
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    return jax.eval_shape(lambda: Transformer(cfg).init(jax.random.PRNGKey(0), tokens, tokens, tokens)["params"])
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return jax.eval_shape(lambda t: Transformer(cfg).init(jax.random.PRNGKey(0), t, t, t)["params"], tokens)
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array) -> Params:

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from rho_jax import assets
+from rho_jax.config import ConfigError
 from rho_jax.data import pipeline, scored, tasks, vocab as vocab_lib
 
 
-class InputError(ValueError):
+class InputError(ConfigError):
     pass
 
 
@@ -30,11 +31,22 @@ def load_vocabulary(path: str):
     return as_seqio_vocabulary(load_tokenizer(path))
 
 
-def vocabulary_identity(vocab, path: str) -> str:
-    ident = vocab_lib.vocabulary_identity(vocab)
-    if ident.startswith("spm-sha256:") or not path or "://" in path:
-        return ident
-    return f"file-sha256:{vocab_lib.file_sha256(Path(path))}:{ident}"
+def tokenizer_path(path: str) -> Path:
+    return Path(path) if path else vocab_lib.demo_vocab_path()
+
+
+def vocabulary_identity(path: str) -> str:
+    """The vocabulary's identity from its file alone (no TensorFlow): the score-cache fingerprint and the
+    packed-rows cache key both use it."""
+    p = tokenizer_path(path)
+    kind = "spm" if p.suffix == ".model" or p.name.startswith("tokenizer.model") else "file"
+    return f"{kind}-sha256:{vocab_lib.file_sha256(p)}"
+
+
+def tokenizer_vocab_size(path: str) -> int:
+    from rho_jax.interop import load_tokenizer
+
+    return load_tokenizer(str(tokenizer_path(path))).vocab_size
 
 
 def _task(source: str) -> str:
@@ -51,8 +63,7 @@ def training_examples(config, split: str = "train", source: str | None = None,
     d = config.data
     source = source or d.source
     max_rows = d.max_rows if max_rows is None else max_rows
-    vocab = load_vocabulary(d.vocab)
-    vocab_id = vocabulary_identity(vocab, d.vocab)
+    vocab_id = vocabulary_identity(d.vocab)
     rates = (1.0 - d.general_rate, d.general_rate)
     key = json.dumps({"source": source, "split": split, "vocab": vocab_id, "seq_len": d.seq_len,
                       "packing": d.packing, "seed": d.shuffle_seed, "rates": rates, "max_rows": max_rows},
@@ -61,6 +72,7 @@ def training_examples(config, split: str = "train", source: str | None = None,
     if path.exists():
         with np.load(path) as z:
             return {k: z[k] for k in pipeline.INT_KEYS}, vocab_id
+    vocab = load_vocabulary(d.vocab)  # TensorFlow/seqio load only when rows must be (re)packed
     tasks.register_tasks(vocab, math_noisy_rates=rates)
     name = _task(source)
     import seqio
@@ -110,7 +122,7 @@ def input_for_training(config, input_state: dict | None = None) -> pipeline.Inpu
                                   process_count=jax.process_count(), shuffle=True, seed=config.data.shuffle_seed)
     if input_state:
         pipe.set_state(input_state)
-    pipe.vocab_size = load_vocabulary(config.data.vocab).vocab_size
+    pipe.vocab_size = tokenizer_vocab_size(config.data.vocab)
     return pipe
 
 
