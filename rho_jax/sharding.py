@@ -119,8 +119,14 @@ def opt_state_shardings(tx, params_shape, params_sharding, mesh: Mesh):
 
     state_shape = jax.eval_shape(tx.init, params_shape)
     replicated = NamedSharding(mesh, P())
-    return optax.tree_map_params(tx, lambda _, s: s, state_shape, params_sharding,
-                                 transform_non_params=lambda _: replicated)
+    out = {}
+
+    def trace():  # tree_map_params re-runs tx.init; tracing it keeps that free of eager ops (no compile)
+        out["shardings"] = optax.tree_map_params(tx, lambda _, s: s, state_shape, params_sharding,
+                                                 transform_non_params=lambda _: replicated)
+
+    jax.eval_shape(trace)
+    return out["shardings"]
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
