@@ -136,3 +136,18 @@ def table(config, rows: list[dict], name: str, iters: int) -> str:
         mem = f"{r['compiled_mem_gib']:.2f} GiB" if r["compiled_mem_gib"] is not None else "n/a"
         lines.append(f"| {r['mode']} | {1e3 * r['step_s']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {ratio} | {mem} |")
     return head + "\n".join(lines) + "\n"
+
+
+def input_table(config, rows: list[dict], max_rows: int = 4096) -> str:
+    """Input pipeline (SeqIO tokenise + pack + batch, TF start-up included) against the CLM step's appetite."""
+    from rho_jax.data import inputs, pipeline, tasks
+
+    vocab = inputs.load_vocabulary(config.data.vocab)
+    tasks.register_tasks(vocab, math_noisy_rates=(1.0 - config.data.general_rate, config.data.general_rate))
+    name = config.data.source if "." in config.data.source else tasks.task_name(config.data.source)
+    got = pipeline.measure_input_throughput(name, "train", config.data.seq_len, vocab.eos_id,
+                                            config.train.batch_size, max_rows=max_rows)
+    clm = next(r for r in rows if r["mode"] == "clm")
+    return (f"\nInput pipeline ({name}, {got['rows']} rows of {config.data.seq_len}, fill {got['fill']:.3f}): "
+            f"{got['tokens_per_s']:,.0f} tokens/s = {got['tokens_per_s'] / clm['tokens_per_s']:.1f}× the CLM step's "
+            f"consumption ({clm['tokens_per_s']:,.0f} tokens/s).\n")

@@ -102,6 +102,7 @@ def cmd_bench(argv):
     flags.DEFINE_integer("iters", 5, "timed steps per mode")
     flags.DEFINE_integer("warmup", 2, "untimed steps per mode")
     flags.DEFINE_string("name", "", "a heading for the table")
+    flags.DEFINE_bool("input", False, "also time the input pipeline (imports seqio/TF) against CLM consumption")
 
     def body(_):
         from rho_jax import bench
@@ -109,6 +110,8 @@ def cmd_bench(argv):
         f = flags.FLAGS
         rows = bench.run(f.config, tuple(f.modes.split(",")), f.warmup, f.iters)
         text = bench.table(f.config, rows, f.name or "rho-jax bench", f.iters)
+        if f.input:
+            text += bench.input_table(f.config, rows)
         print(text)
         if f.append:
             with open("BENCHMARKS.md", "a") as out:
@@ -159,7 +162,7 @@ def main(argv=None):
     if cmd == "convert":
         return cmd_convert(sub)
     modules = {"score": "rho_jax.data.score_job", "eval": "rho_jax.evaluate", "analyze": "rho_jax.analysis",
-               "demo": "rho_jax.smoke"}  # the full demo replaces the smoke job when it lands
+               "demo": "rho_jax.demo"}
     return _delegate(modules[cmd], sub)
 
 
