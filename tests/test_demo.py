@@ -1,0 +1,145 @@
+"""The end-to-end demo at a tiny size: every report artefact exists, and the table's numbers are the
+runs' own (re-derived here from metrics.jsonl and the eval outputs). Plus the config files."""
+
+import json
+import math
+import os
+
+import pytest
+from ml_collections import config_flags
+
+from rho_jax import config as config_lib
+from rho_jax import demo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+    return config_flags.config_flags._ConfigFileParser("config").parse(os.path.join(REPO, "configs", name))
+
+
+def _tiny(workdir):
+    dc = _load("demo.py")
+    dc.workdir = str(workdir)
+    dc.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64, max_positions=256)
+    dc.data.seq_len = 64
+    dc.base.update(steps=4, batch_size=8)
+    dc.reference.update(epochs=0.05, batch_size=8)
+    dc.cpt.update(steps=6, batch_size=8, eval_every=2, checkpoint_every=3)
+    dc.eval.update(max_rows=8, batch_size=8, gsm8k_n=2, asdiv_n=2, max_new_tokens=4, solution_loss_n=8, shots=1)
+    dc.analysis.update(category_rows=8, html_rows=2)
+    return dc
+
+
+def _rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _last_eval(rows, key):
+    return [r for r in rows if key in r][-1][key]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_tiny(tmp_path):
+    dc = _tiny(tmp_path / "demo")
+    summary = demo.run(dc)
+    wd, report = tmp_path / "demo", tmp_path / "demo" / "report"
+    for name in ("report.md", "summary.json", "categories.json", "selected_tokens.html", "heldout_loss.png",
+                 "selected_fraction.png", "selected_vs_unselected.png", "solution_loss.png",
+                 "categories_heldout.png", "categories_noisy.png"):
+        assert (report / name).stat().st_size > 0, name
+    assert json.loads((report / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+    key = "eval_loss/champ_clean"
+    rows = {m: _rows(wd / m / "metrics.jsonl") for m in ("clm", "slm")}
+    tokens = dc.cpt.steps * dc.cpt.batch_size * dc.data.seq_len
+    for m in ("clm", "slm"):
+        got = summary["runs"][m]
+        assert got["tokens_processed"] == rows[m][-1]["tokens_processed"] == tokens  # same tokens for both
+        assert got["tokens_selected"] == rows[m][-1]["tokens_selected"]
+        assert got["final_heldout_loss"] == _last_eval(rows[m], key)
+        assert got["final_eval_loss/gsm8k100"] == _last_eval(rows[m], "eval_loss/gsm8k100")
+        ev = json.loads((wd / "eval" / f"{m}.json").read_text())
+        assert got["gsm8k100_accuracy"] == ev["few_shot"]["gsm8k100"]["accuracy"]
+        assert ev["few_shot"]["gsm8k100"]["n"] == dc.eval.gsm8k_n
+        assert [c["step"] for c in ev["checkpoints"]] == [3, 6]
+    assert summary["runs"]["slm"]["tokens_selected"] < summary["runs"]["clm"]["tokens_selected"]
+    # The table shows those numbers.
+    text = (report / "report.md").read_text()
+    assert f"| processed tokens | {tokens:,} | {tokens:,} |" in text
+    assert f"{summary['runs']['slm']['final_heldout_loss']:.4f}" in text
+
+    # Tokens for SLM to reach CLM's final loss: on the SLM curve (base point at 0 tokens first).
+    target = summary["runs"]["clm"]["final_heldout_loss"]
+    curve = [(0, summary["base"]["heldout_loss"])] + [(r["tokens_processed"], r[key]) for r in rows["slm"] if key in r]
+    reached = summary["slm_tokens_to_clm_final"]
+    if reached is None:
+        assert all(y > target for _, y in curve)
+    else:
+        i = next(i for i, (_, y) in enumerate(curve) if y <= target)
+        assert curve[max(i - 1, 0)][0] <= reached <= curve[i][0]
+        assert summary["slm_token_fraction"] == pytest.approx(reached / tokens)
+
+    cats = json.loads((report / "categories.json").read_text())
+    for name in ("heldout", "noisy"):
+        assert set(cats[name]["split"]) == {"H→H", "L→H", "H→L", "L→L"}
+        assert math.isclose(sum(cats[name]["split"].values()), 1.0, abs_tol=1e-9)
+    assert 'class="sel"' in (report / "selected_tokens.html").read_text()
+
+    # Rerun: every stage is reused (no new training rows), and the numbers are the same.
+    again = demo.run(dc)
+    assert _rows(wd / "slm" / "metrics.jsonl") == rows["slm"]
+    assert again["runs"] == summary["runs"]
+
+    # A finished stage with another config is refused, naming the field.
+    changed = _tiny(tmp_path / "demo")
+    changed.cpt.lr = 0.5
+    with pytest.raises(demo.StageMismatch, match="train.lr"):
+        demo.stage_done(demo.stage_config(changed, "clm"))
+
+
+def test_tokens_to_reach_interpolates_between_eval_points():
+    rows = [{"tokens_processed": 0, "l": 5.0}, {"tokens_processed": 100, "l": 4.0}, {"tokens_processed": 200, "l": 3.0}]
+    assert demo.tokens_to_reach(rows, "l", 3.5) == pytest.approx(150.0)
+    assert demo.tokens_to_reach(rows, "l", 4.0) == pytest.approx(100.0)
+    assert demo.tokens_to_reach(rows, "l", 6.0) == 0.0
+    assert demo.tokens_to_reach(rows, "l", 2.0) is None
+
+
+def test_demo_configs_validate_every_stage():
+    for name in ("demo.py", "demo_smollm2.py"):
+        dc = _load(name)
+        for stage in demo.STAGES:
+            if stage == "base" and dc.base.checkpoint:
+                continue
+            c = demo.stage_config(dc, stage, reference_rows=100)
+            config_lib.validate(c, 1)
+        clm, slm = demo.stage_config(dc, "clm"), demo.stage_config(dc, "slm")
+        # CLM and SLM differ in the objective's mode and the workdir only.
+        a, b = clm.to_dict(), slm.to_dict()
+        assert a["objective"].pop("mode") == "clm" and b["objective"].pop("mode") == "slm"
+        a.pop("workdir"), b.pop("workdir")
+        assert a == b
+
+
+@pytest.mark.slow  # parsing the GGUF's metadata and tokenizer takes ~10-20 s here
+def test_smollm2_config_is_the_gguf_model_and_tokenizer():
+    import dataclasses
+
+    from rho_jax import assets
+    from rho_jax.interop.gguf import config_from_gguf, open_gguf
+    from rho_jax.interop.tokenizer import bpe_from_gguf
+
+    dc = _load("demo_smollm2.py")
+    gguf = str(assets.smollm2_gguf())
+    assert dc.base.checkpoint == dc.data.vocab == gguf
+    assert demo.stage_config(dc, "reference").init.target == gguf
+    reader = open_gguf(gguf)
+    cfg = dataclasses.asdict(config_from_gguf(reader))
+    mine = dc.model.to_dict()
+    assert {k: mine[k] for k in cfg if k not in ("dtype", "remat", "attention", "init_std", "rms_eps")} == \
+        {k: v for k, v in cfg.items() if k not in ("dtype", "remat", "attention", "init_std", "rms_eps")}
+    assert mine["rms_eps"] == pytest.approx(cfg["rms_eps"])
+    assert bpe_from_gguf(reader).vocab_size == dc.model.vocab_size
+    assert dc.model.dtype == "bfloat16"
