@@ -1,6 +1,6 @@
 """The demo at accelerator scale: SmolLM2-135M (GGUF) as the base and the reference's starting point.
 
-    rho-jax demo --config=configs/demo_smollm2.py [--config.workdir=gs://... or a local dir]
+    rho-jax demo --config=configs/demo_smollm2.py [--config.workdir=DIR]  (a local dir)
 
 Same pipeline as configs/demo.py, minus pretraining a base: the pinned SmolLM2-135M-Instruct GGUF
 (rho_jax.assets.smollm2_gguf) is the base, its embedded byte-level BPE tokenizer the vocabulary, and

@@ -474,7 +474,16 @@ def run(dc) -> dict:
     from rho_jax.data import inputs, score_job
     from rho_jax.data.vocab import demo_vocab_path
 
+    import jax
+
     t_start = time.perf_counter()
+    for stage in STAGES[1:] if dc.base.checkpoint else STAGES:  # every stage's config, before any compute
+        try:
+            config_lib.validate(stage_config(dc, stage, reference_rows=dc.reference.batch_size), jax.device_count())
+        except config_lib.ConfigError as e:
+            group = {"clm": "cpt", "slm": "cpt"}.get(stage, stage)
+            raise config_lib.ConfigError(f"demo stage {stage} (from config.{group}, config.model, config.data): "
+                                         f"{e}") from None
     os.makedirs(dc.workdir, exist_ok=True)
     timings_path = Path(dc.workdir) / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
@@ -497,7 +506,6 @@ def run(dc) -> dict:
         _say(f"stage 2/7 base: using {dc.base.checkpoint}")
     else:
         cfg = stage_config(dc, "base")
-        config_lib.validate(cfg)
         if stage_done(cfg):
             _say(f"stage 2/7 base: reusing {cfg.workdir}/final")
         else:

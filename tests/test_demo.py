@@ -107,6 +107,14 @@ def test_tokens_to_reach_interpolates_between_eval_points():
     assert demo.tokens_to_reach(rows, "l", 2.0) is None
 
 
+def test_bad_demo_config_is_refused_before_any_work(tmp_path):
+    dc = _tiny(tmp_path / "demo")
+    dc.cpt.ratio = 1.5
+    with pytest.raises(config_lib.ConfigError, match=r"stage (clm|slm) .*config\.cpt.*ratio=1\.5"):
+        demo.run(dc)
+    assert not (tmp_path / "demo").exists()
+
+
 def test_demo_configs_validate_every_stage():
     for name in ("demo.py", "demo_smollm2.py"):
         dc = _load(name)
