@@ -2,17 +2,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench lock clean
 
 $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# torch first, pinned, so that transformers never pulls a CUDA build.
-$(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+# The exact versions of requirements/lock.txt (the suite passed with them), then this package on top
+# without touching them. A changed lock or pyproject reinstalls.
+$(STAMP): pyproject.toml $(LOCK) | $(PY)
+	$(PIP) install -q -r $(LOCK)
+	$(PIP) install -q --no-deps -e .
+	$(PIP) check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,5 +29,19 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/rho-jax bench $(ARGS)
 
+# Re-resolves pyproject.toml's ranges (newest compatible releases) in a scratch venv and writes the lock.
+# CPU torch is pinned first so that nothing pulls a CUDA build. Commit the new lock only after
+# `make test` (which reinstalls from it) passes the whole suite.
+lock:
+	rm -rf .venv-lock
+	python3 -m venv .venv-lock
+	.venv-lock/bin/pip install -q --upgrade pip
+	.venv-lock/bin/pip install -q torch==2.13.0
+	.venv-lock/bin/pip install -q -e '.[test]'
+	{ echo "# Exact versions the whole suite passed with (Python 3.11, Linux x86_64, CPU)."; \
+	  echo "# Installed by make install/demo/test and CI; refresh with 'make lock' (see README)."; \
+	  .venv-lock/bin/pip freeze --exclude-editable; } > $(LOCK)
+	rm -rf .venv-lock
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-lock build *.egg-info

@@ -1,8 +1,8 @@
 """Rho-1 general, 1B: TinyLlama-1.1B (3T) continued on SlimPajama : StarCoderData : OpenWebMath = 6 : 3 : 1
-with SLM (DESIGN §3).
+with SLM (the Rho-1 paper's general-domain 1B run).
 
-Paper settings: 80B processed tokens, LR 1e-4, batch 1M tokens (512 x 2048). The ratio is not in DESIGN
-§3; 0.6 is the paper's 1B math setting. The reference (a TinyLlama trained on high-quality general
+Paper settings: 80B processed tokens, LR 1e-4, batch 1M tokens (512 x 2048). The paper gives no
+ratio for this run; 0.6 is its 1B math setting. The reference (a TinyLlama trained on high-quality general
 data, which you provide) scores the mixture once: `rho-jax score`, then training reads the cache.
 Weights and tokenizer: as configs/tinyllama_owm_slm.py. StarCoderData is gated: accept its terms on the
 Hugging Face hub before TFDS can read it.

@@ -1,4 +1,4 @@
-"""Rho-1 math, 7B reference model: Mistral-7B-v0.1 trained with plain CLM on clean math (DESIGN §3).
+"""Rho-1 math, 7B reference model: Mistral-7B-v0.1 trained with plain CLM on clean math (the Rho-1 paper's 7B reference).
 
 Paper settings: seq 4096, LR 1e-5; the clean corpus and its 3 epochs of 0.5B tokens as the 1B reference
 (configs/tinyllama_owm_reference.py explains how to register the corpus as `rho_jax.clean_math`).

@@ -1,4 +1,4 @@
-"""Rho-1 math, 7B: Mistral-7B-v0.1 continued on OpenWebMath with SLM, ratio 70% (DESIGN §3).
+"""Rho-1 math, 7B: Mistral-7B-v0.1 continued on OpenWebMath with SLM, ratio 70% (the Rho-1 paper's 7B math run).
 
 Paper settings: LR 2e-5, ratio 0.7; the same 15B OpenWebMath tokens as the 1B run (10.5B selected),
 batch 1M tokens. Sequences are 4096 tokens, the length the reference (configs/mistral7b_owm_reference.py)

@@ -1,4 +1,4 @@
-"""Rho-1 math, 1B reference model: TinyLlama-1.1B (3T) trained with plain CLM on clean math (DESIGN §3).
+"""Rho-1 math, 1B reference model: TinyLlama-1.1B (3T) trained with plain CLM on clean math (the Rho-1 paper's 1B reference).
 
 Paper settings: 0.5B high-quality math tokens, 3 epochs (1.5B processed tokens), max LR 5e-5 with a
 cosine schedule, seq 2048. The paper's curated corpus is not public: register your own as the SeqIO

@@ -1,4 +1,4 @@
-"""Rho-1 math, 1B: TinyLlama-1.1B (3T) continued on OpenWebMath with SLM, ratio 60% (DESIGN §3).
+"""Rho-1 math, 1B: TinyLlama-1.1B (3T) continued on OpenWebMath with SLM, ratio 60% (the Rho-1 paper's 1B math run).
 
 Paper settings: 15B OpenWebMath tokens (9B selected), LR 8e-5, batch 1M tokens (512 x 2048), reference
 scores from a TinyLlama trained on clean math (configs/tinyllama_owm_reference.py). The reference is

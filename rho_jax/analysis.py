@@ -9,12 +9,12 @@ Categories (Rho-1 §2.1 / App. D): fit a least-squares line to each token's loss
 
 from __future__ import annotations
 
-import argparse
 import functools
 import html
 import json
 import os
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -348,25 +348,20 @@ def _run_html(run_dir: str, vocab: str, reference: str, path: str, rows: int, ba
                          ce_BxL=np.nan_to_num(ce), ref_ce_BxL=np.nan_to_num(ref_ce))
 
 
-def main(argv=None) -> int:
-    """`rho-jax analyze`: plots from metrics.jsonl, category splits from checkpoints, selected-token HTML.
-    Each part that lacks its inputs is skipped with the reason in analysis.json."""
+def command(workdir: str, vocab: str = "", reference: str = "", out: str = "", rows: int = 16, html_rows: int = 4,
+            batch_size: int = 8) -> int:
+    """`rho-jax analyze` (flags parsed by rho_jax.cli): plots from metrics.jsonl, category splits from
+    checkpoints, selected-token HTML. Each part that lacks its inputs is skipped with the reason in analysis.json."""
+    from rho_jax.config import ConfigError
     from rho_jax.distributed import is_primary
     from rho_jax.metrics import read_metrics
 
-    p = argparse.ArgumentParser(prog="rho-jax analyze", description=main.__doc__)
-    p.add_argument("--workdir", required=True, help="a training workdir, or a demo workdir of run subdirectories")
-    p.add_argument("--vocab", default="", help="tokenizer path ('' = the run's config.data.vocab or the demo vocab)")
-    p.add_argument("--reference", default="", help="reference model for the HTML ('' = the run's init.reference)")
-    p.add_argument("--out", default="", help="output directory (default <workdir>/analysis)")
-    p.add_argument("--rows", type=int, default=16, help="held-out rows for the categories")
-    p.add_argument("--html_rows", type=int, default=4, help="training rows shown in the HTML")
-    p.add_argument("--batch_size", type=int, default=8)
-    args = p.parse_args(list(argv[1:]) if argv else None)
-
+    args = types.SimpleNamespace(workdir=workdir, vocab=vocab, reference=reference, out=out, rows=rows,
+                              html_rows=html_rows, batch_size=batch_size)
     runs = discover_runs(args.workdir)
     if not runs:
-        raise SystemExit(f"no metrics.jsonl in {args.workdir} or its subdirectories; point --workdir at a run")
+        raise ConfigError(f"--workdir={args.workdir}: no metrics.jsonl in it or its subdirectories; point --workdir "
+                          f"at a training workdir or a demo workdir")
     out = args.out or os.path.join(args.workdir, "analysis")
     primary = is_primary()
     if primary:
@@ -412,5 +407,3 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

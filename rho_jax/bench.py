@@ -54,15 +54,14 @@ def build_mode(config, mode: str):
     batch = {k: jax.device_put(v, bsh) for k, v in host.items()}
     spec = train.StepSpec.from_config(c, m_cfg, m_cfg)
     tx = train.make_optimizer(c.train)
-    st_sh, _ = train.state_shardings(spec, tx, mesh, rules)
     if mode == "score":
-        params = jax.jit(lambda r: model.init_params(m_cfg, r), out_shardings=st_sh.params)(jax.random.PRNGKey(1))
-        fwd = score.jitted_reference_forward(m_cfg, c.objective.ce_chunk, True,  # the cache stores both
-                                             in_shardings=(st_sh.params, {k: bsh for k in train.BATCH_KEYS}),
-                                             out_shardings=(bsh, bsh))
+        scorer = score.reference_scorer(m_cfg, mesh, rules, c.objective.ce_chunk)  # what `rho-jax score` runs
+        params = jax.jit(lambda r: model.init_params(m_cfg, r), out_shardings=scorer.param_shardings)(
+            jax.random.PRNGKey(1))
         sub = {k: batch[k] for k in train.BATCH_KEYS}
-        mem = _compiled_memory(fwd, params, sub)
-        return (lambda: jax.block_until_ready(fwd(params, sub))), flops.reference_flops_per_token(m_cfg, seq), mem
+        with sharding.mesh_context(mesh):
+            mem = _compiled_memory(scorer.jitted, params, sub)
+        return (lambda: jax.block_until_ready(scorer(params, sub))), flops.reference_flops_per_token(m_cfg, seq), mem
     step = train.compile_train_step(spec, tx, mesh, rules)
     holder = {"state": train.init_state(spec, tx, mesh, jax.random.PRNGKey(0), rules=rules)}
     ref = None
@@ -76,7 +75,7 @@ def build_mode(config, mode: str):
     flops_tok = flops.train_flops_per_token(m_cfg, seq)
     if spec.online:  # MFU counts the reference forward as work done
         flops_tok += flops.reference_flops_per_token(m_cfg, seq)
-    mem = _compiled_memory(step.jitted, holder["state"], {k: batch[k] for k in step.batch_shardings}, ref)
+    mem = _compiled_memory(step.jitted, holder["state"], {k: batch[k] for k in step.batch_shardings})
     return one, flops_tok, mem
 
 

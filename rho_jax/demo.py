@@ -27,7 +27,6 @@ import ml_collections
 from rho_jax import config as config_lib
 
 STAGES = ("base", "reference", "clm", "slm")
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 
 
 class StageMismatch(config_lib.ConfigError):
@@ -477,6 +476,7 @@ def run(dc) -> dict:
     import jax
 
     t_start = time.perf_counter()
+    dc = config_lib.resolve_paths(dc)  # relative paths: against the directory the demo was started in
     for stage in STAGES[1:] if dc.base.checkpoint else STAGES:  # every stage's config, before any compute
         try:
             config_lib.validate(stage_config(dc, stage, reference_rows=dc.reference.batch_size), jax.device_count())
@@ -547,21 +547,3 @@ def run(dc) -> dict:
     _say(f"report: {os.path.join(dc.workdir, 'report', 'report.md')}; this run took "
          f"{time.perf_counter() - t_start:.0f} s")
     return summary
-
-
-def main(argv):
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    if "config" not in flags.FLAGS:
-        config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "the demo ConfigDict", lock_config=True)
-
-    def body(_):
-        from absl import logging
-
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        run(flags.FLAGS.config)
-
-    flags.FLAGS.unparse_flags()
-    app.run(body, argv=argv, flags_parser=lambda a: flags.FLAGS(a))

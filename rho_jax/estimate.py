@@ -1,6 +1,6 @@
 """Compute and time estimates for a config on a named TPU slice (the numbers in configs' docstrings).
 
-Per processed token, inside one train step (DESIGN §2, `rho_jax.flops`):
+Per processed token, inside one train step (the usual model-FLOPs count, as in `rho_jax.flops`):
   train      6·N + 6·L·s·d             forward + backward of the target
   selection  2·N + 2·L·s·d   SLM with grad_accum > 1 only: the no-grad pass that scores every
                              micro-batch before the gradient pass, so the top-k sees the global batch

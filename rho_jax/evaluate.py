@@ -10,14 +10,12 @@ eval sets.
 
 from __future__ import annotations
 
-import argparse
 import fractions
 import functools
 import importlib.resources
 import json
 import os
 import re
-import sys
 from decimal import Decimal, InvalidOperation
 
 import jax
@@ -310,49 +308,40 @@ def run_tasks(cfg, params, tokenizer, tasks: list[str], limit: int | None = None
     return results
 
 
-def main(argv=None) -> int:
+def command(checkpoint: str, vocab: str = "", tasks: str = "gsm8k100", limit: int = 0, shots: int | None = None,
+            max_new_tokens: int = 128, batch_size: int = 8, seq_len: int = 256, out: str = "") -> int:
+    """`rho-jax eval` (flags parsed by rho_jax.cli): prints the summary JSON, writes the full results to `out`."""
+    from rho_jax.config import ConfigError
     from rho_jax.distributed import is_primary
 
-    parser = argparse.ArgumentParser(prog="rho-jax eval", description="few-shot accuracy and held-out losses")
-    parser.add_argument("--checkpoint", required=True,
-                        help="Orbax model dir, training workdir (its final/), HF dir or .gguf")
-    parser.add_argument("--vocab", default="", help="tokenizer path ('' = the demo SentencePiece vocabulary)")
-    parser.add_argument("--tasks", default="gsm8k100", help="comma list of gsm8k100, asdiv, heldout:<source>")
-    parser.add_argument("--limit", type=int, default=0, help="> 0: the first N items (rows for heldout)")
-    parser.add_argument("--shots", type=int, default=None, help="few-shot examples (default: all in the prompt)")
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--seq_len", type=int, default=256, help="heldout rows when no config.json is found")
-    parser.add_argument("--out", default="", help="also write the full results (with predictions) here")
-    args = parser.parse_args(list(argv[1:]) if argv else None)
-
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
+    bad = [t for t in task_list if t not in TASK_PROMPTS and not t.startswith("heldout:")]
+    if bad or not task_list:
+        raise ConfigError(f"--tasks={tasks!r}: unknown task(s) {bad}; expected a comma list of "
+                          f"{', '.join(TASK_PROMPTS)} or heldout:<source>")
     from rho_jax.interop import load_tokenizer
     from rho_jax.loop import load_model
 
     # A training workdir also holds a model_config.json at its top: its model is final/.
-    final = os.path.join(args.checkpoint, "final")
-    cfg, params = load_model(final if os.path.isdir(final) else args.checkpoint, "checkpoint")
-    if not args.vocab:
+    final = os.path.join(checkpoint, "final")
+    cfg, params = load_model(final if os.path.isdir(final) else checkpoint, "checkpoint")
+    if not vocab:
         from rho_jax.data.vocab import demo_vocab_path
 
         vocab_path = str(demo_vocab_path())
     else:
-        vocab_path = args.vocab
+        vocab_path = vocab
     tokenizer = load_tokenizer(vocab_path)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    needs_data = any(t.startswith("heldout:") for t in tasks)
-    hc = _heldout_config(args.checkpoint, args.vocab, args.seq_len) if needs_data else None
-    results = run_tasks(cfg, params, tokenizer, tasks, args.limit or None, args.shots, args.max_new_tokens,
-                        args.batch_size, hc)
-    full = {"checkpoint": args.checkpoint, "vocab": vocab_path, "shots": args.shots, "tasks": results}
+    needs_data = any(t.startswith("heldout:") for t in task_list)
+    hc = _heldout_config(checkpoint, vocab, seq_len) if needs_data else None
+    results = run_tasks(cfg, params, tokenizer, task_list, limit or None, shots, max_new_tokens, batch_size, hc)
+    full = {"checkpoint": checkpoint, "vocab": vocab_path, "shots": shots, "tasks": results}
     summary = {**full, "tasks": {t: {k: v for k, v in r.items() if k != "predictions"} for t, r in results.items()}}
     if is_primary():
         print(json.dumps(summary, indent=1))
-        if args.out:
-            with open(args.out, "w") as f:
+        if out:
+            with open(out, "w") as f:
                 json.dump(full, f, indent=1)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

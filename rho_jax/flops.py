@@ -1,6 +1,6 @@
 """FLOPs per token and MFU.
 
-Per processed token (DESIGN §2):
+Per processed token (model FLOPs: 2 per multiply-add, backward = 2x forward):
   training   ≈ 6·N_matmul + 6·L·s·d   (forward + backward; causal attention halves s²)
   reference  ≈ 2·N_matmul + 2·L·s·d   (one forward)
 where N_matmul counts matmul parameters (layers + LM head, not the embedding lookup), L the

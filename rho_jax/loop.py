@@ -116,7 +116,7 @@ class Trainer:
     def global_batch(self, local_batch: dict) -> dict:
         """Host-local numpy rows -> global jax.Arrays on the mesh (multi-host aware)."""
         out = {}
-        for k, sh in self.step_fn.batch_shardings.items():
+        for k, sh in self.step_fn.input_shardings.items():
             x = np.asarray(local_batch[k])
             global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
             out[k] = jax.make_array_from_process_local_data(sh, x, global_shape)
@@ -136,6 +136,7 @@ def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None 
     """
     from rho_jax.distributed import maybe_initialize
 
+    config = config_lib.resolve_paths(config)  # relative paths: against the directory the run started in
     maybe_initialize()
     with ckpt.PreemptionWatcher() as preempt:  # a SIGTERM from here on saves at the next step boundary
         return _run(config, make_input, trainer, preempt)

@@ -149,3 +149,12 @@ def check_batch(global_batch: int, mesh: Mesh, grad_accum: int = 1) -> None:
     if (global_batch // grad_accum) % dp:
         raise MeshError(f"the micro-batch of {global_batch // grad_accum} sequences (batch_size / grad_accum) is not "
                         f"divisible by the data-parallel size {dp} (mesh data x fsdp)")
+
+
+def mesh_context(mesh: Mesh):
+    """The mesh as the ambient mesh for logical sharding constraints, across jax versions."""
+    if hasattr(jax, "set_mesh"):
+        return jax.set_mesh(mesh)
+    if hasattr(jax.sharding, "use_mesh"):
+        return jax.sharding.use_mesh(mesh)
+    return mesh

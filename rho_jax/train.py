@@ -1,11 +1,15 @@
 """The pure train step: `train_step(state, batch) -> (state, metrics)`, jitted with explicit
 NamedShardings and a donated state.
 
-Per step (SLM, DESIGN §2):
+Per step (SLM: one target forward and backward, plus one reference forward when online):
+  ref_BxL   = batch['ref_ce']                                # cached: from the score cache; online: the
+                                                             # same compiled scorer (rho_jax.score) just
+                                                             # before the step, on the same micro-batches
   ce_BxL    = cross_entropy(target(tokens), targets)        # f32, every position is attention context
-  ref_BxL   = reference_forward(...) | batch['ref_ce']       # online (same mesh, stop_gradient) | cached
   weight_BxL = slm_objective(sg(ce), valid, ref, ratio)      # exact global top-k over the whole batch
   loss      = sum(ce * weight) / sum(weight)                 # normalised once over the global batch
+
+Online and cached SLM therefore run the same jitted step on bit-identical inputs: the same update.
 
 With gradient accumulation the selection still runs over the whole global batch: a no-grad
 pass computes the scores of every micro-batch first, then the gradient pass reuses those weights
@@ -25,7 +29,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from rho_jax import model, objective, sharding
-from rho_jax.score import reference_forward, token_ce
+from rho_jax import score as score_lib
+from rho_jax.score import token_ce
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions")
 
@@ -119,18 +124,12 @@ def _selection(spec: StepSpec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL,
                                    rng=rng)
 
 
-def loss_and_grads(spec: StepSpec, params, batch: dict, ref_params, step, rng):
-    """Returns (loss, grads, ce_BxL, weight_BxL, stats) for one global batch."""
+def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng):
+    """Returns (loss, grads, ce_BxL, weight_BxL, stats) for one global batch (SLM: batch holds ref_ce)."""
     a = spec.grad_accum
     targets_BxL, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
     ref_ce_BxL = ref_ent_BxL = None
-    if spec.online:
-        micro_batches = jax.tree.map(lambda x: _micro(x, a), {k: batch[k] for k in BATCH_KEYS})
-        ref = jax.lax.map(lambda mb: reference_forward(spec.ref_model, ref_params, mb, ce_chunk=spec.ce_chunk,
-                                                       with_entropy=spec.needs_entropy), micro_batches)
-        ref_ce_BxL = _unmicro(ref[0])
-        ref_ent_BxL = _unmicro(ref[1]) if spec.needs_entropy else None
-    elif spec.slm:
+    if spec.slm:
         ref_ce_BxL = batch["ref_ce"]
         ref_ent_BxL = batch.get("ref_entropy") if spec.needs_entropy else None
 
@@ -169,12 +168,12 @@ def loss_and_grads(spec: StepSpec, params, batch: dict, ref_params, step, rng):
     return loss, grads, _unmicro(ce_m), weight_BxL, stats
 
 
-def train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainState, batch: dict,
-               ref_params=None) -> tuple[TrainState, dict]:
+def train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainState,
+               batch: dict) -> tuple[TrainState, dict]:
     """One optimizer update. Pure; a non-finite loss or gradient leaves params and opt_state untouched
     (metrics['finite'] == 0) so the caller can stop cleanly or skip."""
     rng, sel_rng = jax.random.split(state.rng)
-    loss, grads, ce_BxL, weight_BxL, stats = loss_and_grads(spec, state.params, batch, ref_params, state.step, sel_rng)
+    loss, grads, ce_BxL, weight_BxL, stats = loss_and_grads(spec, state.params, batch, state.step, sel_rng)
     grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
@@ -209,39 +208,48 @@ def state_shardings(spec: StepSpec, tx, mesh: Mesh, rules) -> tuple[TrainState, 
 
 
 def batch_keys(spec: StepSpec) -> tuple[str, ...]:
-    if spec.slm and spec.reference == "cached":
+    """Keys the jitted step reads (online SLM: the scorer adds ref_ce / ref_entropy before the step)."""
+    if spec.slm:
         return BATCH_KEYS + (("ref_ce", "ref_entropy") if spec.needs_entropy else ("ref_ce",))
     return BATCH_KEYS
 
 
+def input_keys(spec: StepSpec) -> tuple[str, ...]:
+    """Keys the caller supplies: online SLM needs only the rows, the reference scores them."""
+    return BATCH_KEYS if spec.online else batch_keys(spec)
+
+
 def compile_train_step(spec: StepSpec, tx, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> Callable:
-    """`step(state, batch, ref_params=None) -> (state, metrics)`: jitted with explicit in/out
-    NamedShardings, the state donated, logical-axis rules active for activation constraints."""
+    """`step(state, batch, ref_params=None) -> (state, metrics)`.
+
+    The pure `train_step(state, batch)` jitted with explicit in/out NamedShardings, the state donated,
+    logical-axis rules active for activation constraints. Online SLM first scores the batch with
+    `score.reference_scorer` (the compiled computation `rho-jax score` uses for the cache) on the
+    step's micro-batches, so online and cached training get bit-identical reference scores.
+    """
     st_sh, ref_sh = state_shardings(spec, tx, mesh, rules)
     b_sh = {k: sharding.batch_sharding(mesh) for k in batch_keys(spec)}
     rep = sharding.replicated(mesh)
 
-    def step(state, batch, ref_params):
+    def step(state, batch):
         with nn.logical_axis_rules(rules):
-            return train_step(spec, tx, state, {k: batch[k] for k in b_sh}, ref_params)
+            return train_step(spec, tx, state, {k: batch[k] for k in b_sh})
 
-    jitted = jax.jit(step, in_shardings=(st_sh, b_sh, ref_sh), out_shardings=(st_sh, rep), donate_argnums=(0,))
+    jitted = jax.jit(step, in_shardings=(st_sh, b_sh), out_shardings=(st_sh, rep), donate_argnums=(0,))
+    scorer = score_lib.reference_scorer(spec.ref_model, mesh, rules, spec.ce_chunk) if spec.online else None
 
     def run(state, batch, ref_params=None):
-        with _mesh_context(mesh):
-            return jitted(state, {k: batch[k] for k in b_sh}, ref_params)
+        if scorer is not None:
+            if ref_params is None:
+                raise ValueError("online SLM needs ref_params (placed with step.ref_shardings)")
+            batch = {**batch, **score_lib.score_global_batch(scorer, ref_params, batch, spec.grad_accum)}
+        with sharding.mesh_context(mesh):
+            return jitted(state, {k: batch[k] for k in b_sh})
 
     run.jitted, run.state_shardings, run.ref_shardings, run.batch_shardings = jitted, st_sh, ref_sh, b_sh
+    run.input_shardings = {k: b_sh[k] for k in input_keys(spec)}
+    run.scorer = scorer
     return run
-
-
-def _mesh_context(mesh: Mesh):
-    """The mesh as the ambient mesh for logical constraints, across jax versions."""
-    if hasattr(jax, "set_mesh"):
-        return jax.set_mesh(mesh)
-    if hasattr(jax.sharding, "use_mesh"):
-        return jax.sharding.use_mesh(mesh)
-    return mesh
 
 
 def init_state(spec: StepSpec, tx, mesh: Mesh, rng: jax.Array, params=None, rules=sharding.DEFAULT_RULES) -> TrainState:

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from rho_jax import analysis
+from rho_jax import analysis, cli
 from rho_jax.checkpoint import Checkpointer
 from rho_jax.data.vocab import train_sentencepiece
 from rho_jax.evaluate import heldout_loss
@@ -168,7 +168,7 @@ def test_analyze_main_on_metrics_only_workdir(tmp_path, capsys):
         rows = [{"step": s, "tokens_processed": 64 * s, "eval_loss": 5.0 - 0.1 * s, "loss": 4.0, **extra}
                 for s in range(1, 4)]
         (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    analysis.main(["rho-jax analyze", f"--workdir={tmp_path}"])
+    assert cli.main(["rho-jax", "analyze", f"--workdir={tmp_path}"]) == 0
     report = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
     assert json.loads(capsys.readouterr().out) == report
     assert report["runs"] == ["clm", "slm"]

@@ -131,13 +131,13 @@ def test_interrupted_scoring_resumes_to_the_same_cache(setup, tmp_path):
 
 
 def test_sharded_scoring_gives_the_same_cache(setup, tmp_path):
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from rho_jax import score, sharding, train
+
     params, examples, ref_id, cache = setup
-    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(-1), ("data",))
-    rows = NamedSharding(mesh, P("data"))
-    scored.score_examples(CFG, params, examples, tmp_path, ref_identity=ref_id, vocab_identity="vocab-a",
-                          batch_size=len(jax.devices()), examples_per_shard=7, progress=False,
-                          in_shardings=(NamedSharding(mesh, P()), rows), out_shardings=rows)
+    scorer = score.reference_scorer(CFG, sharding.make_mesh(-1, 1, 1))  # rows over all 8 devices
+    scored.score_examples(CFG, train.place(params, scorer.param_shardings), examples, tmp_path, ref_identity=ref_id,
+                          vocab_identity="vocab-a", batch_size=len(jax.devices()), examples_per_shard=7,
+                          progress=False, scorer=scorer)
     fp = scored.fingerprint(examples, ref_id, "vocab-a")
     a, b = scored.load_cache(tmp_path, fp), scored.load_cache(cache, fp)
     for k in a:

@@ -4,6 +4,9 @@ runs' own (re-derived here from metrics.jsonl and the eval outputs). Plus the co
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from ml_collections import config_flags
@@ -18,16 +21,19 @@ def _load(name):
     return config_flags.config_flags._ConfigFileParser("config").parse(os.path.join(REPO, "configs", name))
 
 
+TINY_FLAGS = os.path.join(REPO, "configs", "demo_tiny.flags")  # what CI's `make demo` runs too
+RHO_JAX = Path(sys.executable).parent / "rho-jax"
+
+
 def _tiny(workdir):
+    """configs/demo.py with the overrides of configs/demo_tiny.flags (the sizes CI's `make demo` runs)."""
     dc = _load("demo.py")
     dc.workdir = str(workdir)
-    dc.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64, max_positions=256)
-    dc.data.seq_len = 64
-    dc.base.update(steps=4, batch_size=8)
-    dc.reference.update(epochs=0.05, batch_size=8)
-    dc.cpt.update(steps=6, batch_size=8, eval_every=2, checkpoint_every=3)
-    dc.eval.update(max_rows=8, batch_size=8, gsm8k_n=2, asdiv_n=2, max_new_tokens=4, solution_loss_n=8, shots=1)
-    dc.analysis.update(category_rows=8, html_rows=2)
+    for line in open(TINY_FLAGS):
+        if line.startswith("--config."):
+            key, value = line.strip()[len("--config."):].split("=", 1)
+            group, field = key.split(".")
+            dc[group][field] = type(dc[group][field])(value)
     return dc
 
 
@@ -42,14 +48,19 @@ def _last_eval(rows, key):
 
 @pytest.mark.slow
 def test_demo_end_to_end_tiny(tmp_path):
-    dc = _tiny(tmp_path / "demo")
-    summary = demo.run(dc)
-    wd, report = tmp_path / "demo", tmp_path / "demo" / "report"
+    """Through the real `rho-jax` executable, started in another directory with the default relative
+    workdir (./runs/demo), as a user runs `make demo`."""
+    proc = subprocess.run([str(RHO_JAX), "demo", f"--flagfile={TINY_FLAGS}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wd, report = tmp_path / "runs" / "demo", tmp_path / "runs" / "demo" / "report"
+    dc = _tiny(wd)
+    summary = json.loads((report / "summary.json").read_text())
     for name in ("report.md", "summary.json", "categories.json", "selected_tokens.html", "heldout_loss.png",
                  "selected_fraction.png", "selected_vs_unselected.png", "solution_loss.png",
                  "categories_heldout.png", "categories_noisy.png"):
         assert (report / name).stat().st_size > 0, name
-    assert json.loads((report / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert "[demo] report:" in proc.stdout
 
     key = "eval_loss/champ_clean"
     rows = {m: _rows(wd / m / "metrics.jsonl") for m in ("clm", "slm")}
@@ -87,13 +98,13 @@ def test_demo_end_to_end_tiny(tmp_path):
         assert math.isclose(sum(cats[name]["split"].values()), 1.0, abs_tol=1e-9)
     assert 'class="sel"' in (report / "selected_tokens.html").read_text()
 
-    # Rerun: every stage is reused (no new training rows), and the numbers are the same.
+    # Rerun (in-process, absolute workdir): every stage is reused (no new training rows), same numbers.
     again = demo.run(dc)
     assert _rows(wd / "slm" / "metrics.jsonl") == rows["slm"]
     assert again["runs"] == summary["runs"]
 
     # A finished stage with another config is refused, naming the field.
-    changed = _tiny(tmp_path / "demo")
+    changed = _tiny(wd)
     changed.cpt.lr = 0.5
     with pytest.raises(demo.StageMismatch, match="train.lr"):
         demo.stage_done(demo.stage_config(changed, "clm"))

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from rho_jax import evaluate
+from rho_jax import cli, evaluate
 from rho_jax.checkpoint import save_model
 from rho_jax.data.vocab import train_sentencepiece
 from rho_jax.generate import greedy_generate
@@ -176,9 +176,9 @@ def test_eval_main_writes_results(model, tokenizer, tmp_path, capsys):
     cfg, params = model
     save_model(cfg, params, str(tmp_path / "model"))
     out = tmp_path / "eval.json"
-    evaluate.main(["rho-jax eval", f"--checkpoint={tmp_path / 'model'}", f"--vocab={tokenizer.path}",
+    assert cli.main(["rho-jax", "eval", f"--checkpoint={tmp_path / 'model'}", f"--vocab={tokenizer.path}",
                    "--tasks=gsm8k100", "--limit=2", "--shots=1", "--max_new_tokens=4", "--batch_size=2",
-                   f"--out={out}"])
+                     f"--out={out}"]) == 0
     printed = json.loads(capsys.readouterr().out)
     full = json.loads(out.read_text())["tasks"]["gsm8k100"]
     assert printed["tasks"]["gsm8k100"]["n"] == 2 and "predictions" not in printed["tasks"]["gsm8k100"]

@@ -69,7 +69,7 @@ WORKER = textwrap.dedent(
         batch = {k: jax.ShapeDtypeStruct((B, L), jnp.float32 if k.startswith("ref") else jnp.int32)
                  for k in train.batch_keys(step_spec)}
         step = train.compile_train_step(step_spec, tx, mesh, rules)
-        step.jitted.lower(state, batch, None)  # traces the whole step under these shardings
+        step.jitted.lower(state, batch)  # traces the whole step under these shardings
         out.append({
             "path": path, "devices": jax.device_count(), "mesh": dict(mesh.shape),
             "mesh_devices": int(mesh.devices.size), "state_bytes_per_device": state_bytes,
@@ -124,7 +124,7 @@ def test_paper_settings(name):
     config_lib.validate(c)
     tokens_per_step = c.train.batch_size * c.data.seq_len
     assert tokens_per_step == 2**20  # 1M tokens per step
-    paper = {  # DESIGN §3: (mode, ratio, lr, processed tokens, seq_len, source)
+    paper = {  # the Rho-1 paper's runs: (mode, ratio, lr, processed tokens, seq_len, source)
         "tinyllama_owm_slm": ("slm", 0.6, 8e-5, 15e9, 2048, "openwebmath"),
         "tinyllama_owm_reference": ("clm", None, 5e-5, 1.5e9, 2048, "clean_math"),
         "mistral7b_owm_slm": ("slm", 0.7, 2e-5, 15e9, 4096, "openwebmath"),

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 
 def tf_setup():
-    """Imports TensorFlow with GPUs/TPUs hidden from it; returns the `tf` module. Idempotent."""
-    import tensorflow as tf
+    """Imports TensorFlow with GPUs/TPUs hidden from it; returns the `tf` module. Idempotent.
 
-    for kind in ("GPU", "TPU"):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except RuntimeError:  # devices already initialised (an earlier call did this): nothing to do
-            pass
+    The import's native oneDNN/CUDA notices are silenced (they come before TF's log level applies)."""
+    from rho_jax.quiet import native_stderr_silenced
+
+    with native_stderr_silenced():
+        import tensorflow as tf
+
+        for kind in ("GPU", "TPU"):
+            try:
+                tf.config.set_visible_devices([], kind)
+            except RuntimeError:  # devices already initialised (an earlier call did this): nothing to do
+                pass
     return tf

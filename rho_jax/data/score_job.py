@@ -7,10 +7,11 @@ from __future__ import annotations
 def run(config) -> dict:
     import jax
 
-    from rho_jax import config as config_lib, model, sharding, train
+    from rho_jax import config as config_lib, score, sharding, train
     from rho_jax.data import inputs, scored
     from rho_jax.loop import load_model
 
+    config = config_lib.resolve_paths(config)
     config_lib.validate(config, jax.device_count())
     if not config.data.score_cache:
         raise config_lib.ConfigError("config.data.score_cache is empty: where should the score cache go?")
@@ -21,25 +22,11 @@ def run(config) -> dict:
     examples, vocab_id = inputs.training_examples(config)
     mesh = sharding.mesh_from_config(config.mesh)
     rules = tuple(tuple(r) for r in config.mesh.rules)
-    p_sh = sharding.tree_shardings(model.param_logical_axes(ref_cfg), model.param_shapes(ref_cfg), mesh, rules)
-    b_sh = sharding.batch_sharding(mesh)
+    # The compiled scorer online SLM runs, on the training mesh and micro-batch: bit-identical scores.
+    scorer = score.reference_scorer(ref_cfg, mesh, rules, config.objective.ce_chunk)
     identity = scored.params_identity(ref_params)
-    placed = train.place(ref_params, p_sh)
-    batch_size = max(sharding.data_parallel_size(mesh), config.train.batch_size // config.train.grad_accum)
+    placed = train.place(ref_params, scorer.param_shardings)
+    batch_size = score.micro_batch_size(config.train.batch_size, config.train.grad_accum)
     return scored.score_examples(
         ref_cfg, placed, examples, config.data.score_cache, ref_identity=identity, vocab_identity=vocab_id,
-        batch_size=batch_size, ce_chunk=config.objective.ce_chunk,
-        in_shardings=(p_sh, {k: b_sh for k in ("tokens", "segment_ids", "positions")}), out_shardings=(b_sh, b_sh))
-
-
-def main(argv):
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "a ConfigDict file in configs/", lock_config=True)
-
-    def body(_):
-        manifest = run(flags.FLAGS.config)
-        print(f"score cache complete: {manifest['num_examples']} examples, fingerprint {manifest['fingerprint']}")
-
-    app.run(body, argv=argv)
+        batch_size=batch_size, ce_chunk=config.objective.ce_chunk, scorer=scorer)

@@ -6,7 +6,7 @@ Layout of a cache dir:
                             ref_ce, ref_entropy float32 [n, L]
 
 Shards are plain numpy (.npz), not TFRecord, on purpose: scoring belongs on the accelerator machine,
-and that image has no TensorFlow (DESIGN §6). Writing, verifying and loading need only numpy;
+and the accelerator image (jax, flax, optax, orbax, torch, transformers) has no TensorFlow. Writing, verifying and loading need only numpy;
 `register_cache_task` exposes the same shards as a seqio Task for seqio consumers.
 
 fingerprint = sha256(seq_len, reference identity, vocabulary identity, and the bytes of every
@@ -80,26 +80,27 @@ def _write_manifest(cache_dir: Path, manifest: dict) -> None:
     tmp.replace(path)
 
 
-def _scorer(ref_cfg, ce_chunk: int, in_shardings, out_shardings):
+def _default_scorer(ref_cfg, ce_chunk: int):
     import jax
-    from rho_jax import score  # the same reference forward the online mode runs inside train_step
+    from rho_jax import score, sharding  # the scorer online SLM runs before each step
 
-    fn = functools.partial(score.reference_forward, ref_cfg, ce_chunk=ce_chunk, with_entropy=True)
-    if in_shardings is None:
-        return jax.jit(fn)
-    return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings)
+    return score.reference_scorer(ref_cfg, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]),
+                                  ce_chunk=ce_chunk)
 
 
 def score_examples(ref_cfg, ref_params, examples: Mapping[str, np.ndarray], cache_dir, *, ref_identity: str,
                    vocab_identity: str, batch_size: int = 8, examples_per_shard: int = 1024, ce_chunk: int = 0,
-                   in_shardings=None, out_shardings=None, progress: bool = True) -> dict:
+                   scorer=None, progress: bool = True) -> dict:
     """Scores every packed example with the reference model and writes the cache; returns the manifest.
 
     examples: {tokens, segment_ids, positions: int32 [N, L]} in the order training reads them.
     ref_identity / vocab_identity: strings naming the reference checkpoint and the vocabulary
       (e.g. `params_identity(ref_params)`, `vocab.vocabulary_identity(vocab)`); both enter the fingerprint.
-    in_shardings / out_shardings: optional jit shardings for (ref_params, batch) -> (ref_ce, ref_entropy).
-    The last batch is padded with empty rows (segment 0) so one compiled shape serves every batch.
+    scorer: `rho_jax.score.reference_scorer(...)` for the training mesh (ref_params laid out with its
+      param_shardings), called on batches of `batch_size` = the training micro-batch, the rows grouped as
+      training groups them; None: one built on a one-device mesh.
+    Shards hold a multiple of batch_size rows, so scorer batches never straddle a shard boundary; the
+    last batch is padded with empty rows (segment 0) so one compiled shape serves every batch.
     """
     import jax
     from tqdm import tqdm
@@ -114,6 +115,7 @@ def score_examples(ref_cfg, ref_params, examples: Mapping[str, np.ndarray], cach
             f"{cache_dir} already holds a cache with fingerprint {manifest['fingerprint']} "
             f"(ref {manifest['ref_identity']}, vocab {manifest['vocab_identity']}, seq_len {manifest['seq_len']}) "
             f"but these examples/reference/vocabulary have fingerprint {fp}; use another cache dir or delete it")
+    examples_per_shard = max(batch_size, examples_per_shard - examples_per_shard % batch_size)
     num_shards = -(-n // examples_per_shard)
     if manifest is None:
         manifest = {"format": FORMAT, "fingerprint": fp, "ref_identity": ref_identity,
@@ -121,7 +123,7 @@ def score_examples(ref_cfg, ref_params, examples: Mapping[str, np.ndarray], cach
                     "examples_per_shard": examples_per_shard, "num_shards": num_shards, "shards": {},
                     "complete": False}
         _write_manifest(cache_dir, manifest)
-    fn = _scorer(ref_cfg, ce_chunk, in_shardings, out_shardings)
+    fn = scorer or _default_scorer(ref_cfg, ce_chunk)
     todo = [s for s in range(manifest["num_shards"]) if str(s) not in manifest["shards"]]
     eps = manifest["examples_per_shard"]
     bar = tqdm(total=sum(min(n, (s + 1) * eps) - s * eps for s in todo) * seq_len, unit="tok", unit_scale=True,
