@@ -126,6 +126,9 @@ def _parse(cmd: str, args: list[str]):
         key = str(e.args[0] if e.args else e).strip("'\"")
         raise UsageError(f"rho-jax {cmd}: unknown config key {key!r} in the --config.* overrides; use a field of "
                          f"the config file (training configs: rho_jax/config.py:base_config)") from None
+    for name in ("config", "checkpoint", "workdir"):
+        if name in fv and fv[name].value is None:
+            raise UsageError(f"rho-jax {cmd}: --{name} is required; see `rho-jax {cmd} --help`")
     if "config" in fv:
         try:  # ml_collections defers a config file's load error to the first use: surface it here
             fv.config.keys()
@@ -139,9 +142,6 @@ def _parse(cmd: str, args: list[str]):
     if len(rest) != n_pos:
         want = f"exactly {_POSITIONAL[cmd]}" if n_pos else "no positional arguments"
         raise UsageError(f"rho-jax {cmd} takes {want}, got {rest}; see `rho-jax {cmd} --help`")
-    for name in ("config", "checkpoint", "workdir"):
-        if name in fv and fv[name].value is None:
-            raise UsageError(f"rho-jax {cmd}: --{name} is required; see `rho-jax {cmd} --help`")
     return fv, rest
 
 
@@ -153,8 +153,9 @@ def _user_errors() -> tuple:
     """Exceptions that name a problem the user can fix: printed as one line, not a traceback."""
     from rho_jax.checkpoint import CheckpointError
     from rho_jax.config import ConfigError
+    from rho_jax.sharding import MeshError
 
-    errors = [UsageError, ConfigError, CheckpointError, FileNotFoundError, FileExistsError, NotADirectoryError,
+    errors = [UsageError, ConfigError, CheckpointError, MeshError, FileNotFoundError, FileExistsError, NotADirectoryError,
               IsADirectoryError, PermissionError]
     for module, name in (("rho_jax.data.scored", "CacheError"), ("rho_jax.interop.hf", "CheckpointError"),
                          ("rho_jax.data.corpora", "CorpusError")):

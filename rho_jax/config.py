@@ -170,7 +170,8 @@ def model_config(c: ml_collections.ConfigDict):
 def _check_keys(c, schema, path="config"):
     for key in c.keys():
         if key not in schema:
-            raise ConfigError(f"unknown config key {path}.{key}; valid keys here: {sorted(schema.keys())}")
+            raise ConfigError(f"unknown config key {path}.{key}; valid keys here: {sorted(schema.keys())} "
+                              f"(the training config schema is rho_jax/config.py:base_config)")
         if isinstance(schema[key], ml_collections.ConfigDict):
             if not isinstance(c[key], ml_collections.ConfigDict):
                 raise ConfigError(f"{path}.{key} must be a group of fields like {sorted(schema[key].keys())}")

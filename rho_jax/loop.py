@@ -81,6 +81,27 @@ def write_run_files(workdir: str, config, t_cfg):
     (wd / ckpt.MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(t_cfg), indent=1))
 
 
+RUNTIME_FIELDS = ("dtype", "remat", "attention")  # may change between runs of one workdir
+
+
+def check_workdir_model(workdir: str, t_cfg) -> None:
+    """A workdir that already holds a run of another architecture is refused, naming the fields."""
+    import dataclasses
+
+    from etils import epath
+
+    path = epath.Path(workdir) / ckpt.MODEL_CONFIG_FILE
+    if not path.exists():
+        return
+    old, new = json.loads(path.read_text()), dataclasses.asdict(t_cfg)
+    diff = {k: (old.get(k), v) for k, v in new.items() if k not in RUNTIME_FIELDS and old.get(k, v) != v}
+    if diff:
+        raise config_lib.ConfigError(
+            f"config.workdir={workdir} holds a run of another model ({path.name}): "
+            + ", ".join(f"model.{k}={b!r} here but {a!r} there" for k, (a, b) in diff.items())
+            + "; use a new config.workdir or the workdir's model settings")
+
+
 class Trainer:
     """Holds the compiled step and everything static; `train_step(state, batch)` is the pure step."""
 
@@ -164,6 +185,7 @@ def _run(config, make_input, trainer, preempt) -> dict:
     trainer = trainer or Trainer(config)  # loads the models read-only and checks them; jit compiles lazily
     if make_input is None:
         from rho_jax.data.inputs import input_for_training as make_input  # seqio lives only in data/
+    check_workdir_model(workdir, trainer.spec.model)  # before Orbax reads a checkpoint of another shape
     checkpointer = ckpt.Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep,
                                      config.checkpoint.keep_best, config.checkpoint.async_save)
     restored = checkpointer.restore(trainer.abstract_state())  # reads only; falls back past a bad latest step

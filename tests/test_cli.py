@@ -17,8 +17,9 @@ TINY = ["--config.train.steps=2", "--config.train.log_every=1", "--config.checkp
         "--config.data.max_rows=32", "--config.data.seq_len=32", "--config.model.max_positions=64"]
 
 
-def rho_jax(*args, cwd, timeout=600):
-    return subprocess.run([str(RHO_JAX), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def rho_jax(*args, cwd, timeout=600, env=None):
+    return subprocess.run([str(RHO_JAX), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def ok(proc):
@@ -51,7 +52,7 @@ def trained(home):
     assert "score cache complete" in score.stdout
     assert json.loads((home / "runs" / "scores" / "manifest.json").read_text())["complete"]
     ok(rho_jax("train", "--config=tiny.py", "--config.objective.reference=cached", "--config.workdir=runs/slm",
-               "--config.data.score_cache=runs/scores", *TINY, cwd=home))
+               "--config.data.score_cache=runs/scores", "--config.init.reference=runs/ref/final", *TINY, cwd=home))
     rows = [json.loads(r) for r in (home / "runs" / "slm" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and 0 < rows[-1]["selected_fraction"] < 1
     return home
@@ -77,7 +78,8 @@ def test_eval_analyze_convert(trained):
 
 @pytest.mark.slow
 def test_bench(home):
-    proc = ok(rho_jax("bench", "--modes=clm,score", "--iters=1", "--warmup=0", cwd=home))
+    one_device = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # configs/bench_tiny.py: mesh 1x1x1
+    proc = ok(rho_jax("bench", "--modes=clm,score", "--iters=1", "--warmup=0", cwd=home, env=one_device))
     assert "clm" in proc.stdout and "score" in proc.stdout
     assert not (home / "BENCHMARKS.md").exists()
 
@@ -99,7 +101,7 @@ ERRORS = {  # (command line, a fragment of the one error line)
     "train no config": (["train"], "--config is required"),
     "train missing model": (["train", "--config=tiny.py", "--config.init.target=nope", "--config.workdir=wd"],
                             "config.init.target"),
-    "score demo config": (["score", "--config=" + str(REPO / "configs" / "demo.py")], "config.base"),
+    "score demo config": (["score", "--config=" + str(REPO / "configs" / "demo.py")], "unknown config key config."),
     "score no reference": (["score", "--config=tiny.py", "--config.data.score_cache=sc"], "config.init.reference"),
     "eval missing checkpoint": (["eval", "--checkpoint=nope"], "nope"),
     "eval config flag": (["eval", "--config=tiny.py", "--checkpoint=nope"], "config"),
