@@ -70,13 +70,18 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(dict(
         seq_len=128,
-        source="math_noisy",  # a corpus/mixture name of rho_jax.data, or 'random' (benchmarks)
+        source="math_noisy",  # registered SeqIO task/mixture, jsonl:GLOB, parquet:GLOB or mix:SPEC=RATE,...
         vocab="",  # tokenizer path ('' = the demo SentencePiece vocabulary)
         packing=True,  # pack documents with segment ids; False pads one document per row
         shuffle_seed=0,
         score_cache="",  # directory of the offline score cache (reference=cached)
         general_rate=0.3,  # math_noisy mixture: share of the general corpus
         max_rows=0,  # > 0: use only the first N packed rows of the source (small runs)
+        text_field="text",  # jsonl:/parquet: sources: the field/column holding each document's text
+        prepared="",  # directory (local or gs://) of the prepared ArrayRecord rows (`rho-jax prepare`)
+        prepare_workers=2,  # local DirectRunner worker processes
+        prepare_shard_mb=256.0,  # input shard size: uncompressed JSONL byte ranges / parquet row-group runs
+        beam_args="",  # extra Beam pipeline options, e.g. "--runner=DataflowRunner --project=P ..."
     ))
 
     c.checkpoint = ml_collections.ConfigDict(dict(

@@ -38,7 +38,7 @@ MIXTURE = "mixture.json"
 # it for random access); zstd:3 (the default codec) shrinks a row of 12-bit tokens ~4x.
 WRITER_OPTIONS = "group_size:1"
 ROW_KEYS = ("tokens", "segment_ids", "positions")
-SKIP_REASONS = ("empty", "invalid_utf8", "missing_field")
+SKIP_REASONS = ("empty", "invalid_utf8", "missing_field", "malformed_json")
 STAT_KEYS = ("rows", "documents", "tokens", "pad_tokens", "split_documents")
 
 
