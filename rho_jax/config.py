@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
         prepare_workers=2,  # local DirectRunner worker processes
         prepare_shard_mb=256.0,  # input shard size: uncompressed JSONL byte ranges / parquet row-group runs
         beam_args="",  # extra Beam pipeline options, e.g. "--runner=DataflowRunner --project=P ..."
+        split="train",  # the split `rho-jax prepare` reads of a registered SeqIO source
     ))
 
     c.checkpoint = ml_collections.ConfigDict(dict(
@@ -96,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
         sources="champ_clean",  # comma-separated tasks, validation split; the first drives keep_best
         batch_size=8,
         max_rows=0,  # > 0: evaluate on the first N packed rows only
+        prepared="",  # comma-separated prepared dirs (validation split), aligned with `sources`
     ))
     return c
 

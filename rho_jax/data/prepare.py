@@ -203,21 +203,27 @@ def prepare(source: str, out_dir: str, *, tokenizer: str, vocab_identity: str, s
     return {"components": out, "done_before": len(all_jobs) - len(todo), "written": len(todo)}
 
 
-def run(config) -> dict:
-    """`rho-jax prepare --config=C`: prepares config.data.source into config.data.prepared."""
+def run(config, source: Optional[str] = None, split: Optional[str] = None, out: Optional[str] = None) -> dict:
+    """`rho-jax prepare --config=C`: prepares config.data.source (split config.data.split) into config.data.prepared.
+
+    source/split/out override those fields (e.g. a held-out set: source="champ_clean", split="validation").
+    """
     from rho_jax.config import ConfigError
     from rho_jax.data import inputs
 
     d = config.data
-    if not d.prepared:
+    source, split, out = source or d.source, split or d.split, out or d.prepared
+    if not out:
         raise ConfigError("config.data.prepared is empty: which directory should the prepared rows go to?")
     if d.prepare_workers < 1:
         raise ConfigError(f"config.data.prepare_workers={d.prepare_workers} must be >= 1")
+    if d.prepare_shard_mb <= 0:
+        raise ConfigError(f"config.data.prepare_shard_mb={d.prepare_shard_mb} must be > 0")
     seqio_vocab = None
-    if not d.source.split(":", 1)[0] in sources.FORMATS + ("mix",):
+    if source.split(":", 1)[0] not in sources.FORMATS + ("mix",):
         seqio_vocab = inputs.load_vocabulary(d.vocab)  # a SeqIO name: registration needs the vocabulary
-    return prepare(d.source, d.prepared, tokenizer=os.fspath(inputs.tokenizer_path(d.vocab)),
+    return prepare(source, out, tokenizer=os.fspath(inputs.tokenizer_path(d.vocab)),
                    vocab_identity=inputs.vocabulary_identity(d.vocab), seq_len=d.seq_len,
                    packing="pack" if d.packing else "pad", text_field=d.text_field, workers=d.prepare_workers,
-                   beam_args=d.beam_args, shard_bytes=int(d.prepare_shard_mb * (1 << 20)), split="train",
+                   beam_args=d.beam_args, shard_bytes=int(d.prepare_shard_mb * (1 << 20)), split=split,
                    seqio_vocab=seqio_vocab, general_rate=d.general_rate)
