@@ -1,4 +1,4 @@
-"""`rho-jax <command>`: train | score | eval | analyze | convert | bench | demo.
+"""`rho-jax <command>`: prepare | train | score | eval | analyze | convert | bench | demo.
 
 Config-driven commands take `--config=configs/<name>.py` and `--config.a.b=v` overrides
 (absl flags + `ml_collections.config_flags`).
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = ("train", "score", "eval", "analyze", "convert", "bench", "demo")
+COMMANDS = ("prepare", "train", "score", "eval", "analyze", "convert", "bench", "demo")
 USAGE = """usage: rho-jax <command> [flags]
 
 commands:
+  prepare  --config=... [--config.data.source=jsonl:GLOB]    tokenise + pack data.source into ArrayRecord rows
+                                                              in data.prepared (Apache Beam; resumes)
   train    --config=configs/<name>.py [--config.x.y=v ...]   train (CLM or SLM), resuming if possible
   score    --config=... [--config.data.score_cache=DIR]      offline reference scoring into the score cache
   eval     --config=... --checkpoint=DIR                      held-out loss and few-shot accuracy
@@ -93,6 +95,24 @@ def cmd_train(argv):
     _absl_main(argv, body)
 
 
+def cmd_prepare(argv):
+    from absl import flags
+
+    _config_flag()
+
+    def body(_):
+        from rho_jax.data import prepare
+
+        result = prepare.run(flags.FLAGS.config)
+        for name, m in result["components"]:
+            t = m["totals"]
+            print(f"prepared {name or m['input']}: {t['rows']} rows of {m['seq_len']} in {len(m['shards'])} shards, "
+                  f"{t['documents']} documents, {t['tokens']} tokens, skipped {t['skipped']}")
+        print(f"{result['written']} shards written, {result['done_before']} already done -> {flags.FLAGS.config.data.prepared}")
+
+    _absl_main(argv, body)
+
+
 def cmd_bench(argv):
     from absl import flags
 
@@ -155,6 +175,8 @@ def main(argv=None):
     from rho_jax.distributed import maybe_initialize
 
     maybe_initialize()  # multi-host slices join one job before any other JAX call; a no-op on one host
+    if cmd == "prepare":
+        return cmd_prepare(sub)
     if cmd == "train":
         return cmd_train(sub)
     if cmd == "bench":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shlex
 import tempfile
@@ -108,8 +109,10 @@ def _beam_options(workers: int, beam_args: str):
 
     args = shlex.split(beam_args or "")
     if not any(a.startswith("--runner") for a in args):
+        # FnApiRunner is the Python DirectRunner's engine; "DirectRunner" itself first tries to download the
+        # Go Prism runner from GitHub, which an offline machine cannot do.
         mode = "multi_processing" if workers > 1 else "in_memory"
-        args += ["--runner=DirectRunner", f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"]
+        args += ["--runner=FnApiRunner", f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"]
     return PipelineOptions(args)
 
 
@@ -126,6 +129,9 @@ def run_beam(jobs: list[ShardJob], settings: Settings, workers: int = 1, beam_ar
             yield info.get("error", "")
 
     errors_dir = {os.fspath(epath.Path(j.out).parent) for j in jobs}
+    # The local runner forwards every worker's start-up chatter at INFO/WARNING; failures still raise.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     with beam.Pipeline(options=_beam_options(workers, beam_args)) as p:
         _ = (p | "shards" >> beam.Create(jobs) | "spread" >> beam.Reshuffle()
              | "pack" >> beam.ParDo(PrepareShard()))
