@@ -44,10 +44,7 @@ def _user_errors() -> tuple:
     from rho_jax.checkpoint import CheckpointError
     from rho_jax.config import ConfigError
 
-    errors = [ConfigError, CheckpointError, FileNotFoundError, FileExistsError]
-    if "rho_jax.data.scored" in sys.modules:  # only loaded where the data layer ran
-        errors.append(sys.modules["rho_jax.data.scored"].CacheError)
-    return tuple(errors)
+    return (ConfigError, CheckpointError, FileNotFoundError, FileExistsError)  # data.rows.DataError is a ConfigError
 
 
 def _absl_main(argv, body):
@@ -183,7 +180,7 @@ def main(argv=None):
         return cmd_bench(sub)
     if cmd == "convert":
         return cmd_convert(sub)
-    modules = {"score": "rho_jax.data.score_job", "eval": "rho_jax.evaluate", "analyze": "rho_jax.analysis",
+    modules = {"score": "rho_jax.score_job", "eval": "rho_jax.evaluate", "analyze": "rho_jax.analysis",
                "demo": "rho_jax.demo"}
     return _delegate(modules[cmd], sub)
 
