@@ -35,8 +35,8 @@ MIXTURE_FORMAT = "rho_jax.mixture/1"
 MANIFEST = "manifest.json"
 MIXTURE = "mixture.json"
 # group_size:1 makes every record independently readable (Grain's ArrayRecordDataSource insists on
-# it for random access); zstd:3 (the default codec) shrinks a row of 12-bit tokens ~4x.
-WRITER_OPTIONS = "group_size:1"
+# it for random access). zstd:1 shrinks a packed row ~6x, as much as the default zstd:3, at 2.5x the speed.
+WRITER_OPTIONS = "group_size:1,zstd:1"
 ROW_KEYS = ("tokens", "segment_ids", "positions")
 SKIP_REASONS = ("empty", "invalid_utf8", "missing_field", "malformed_json")
 STAT_KEYS = ("rows", "documents", "tokens", "pad_tokens", "split_documents")
