@@ -65,13 +65,13 @@ def _score_shard(fn, ref_params, rows_path, out_path, rows_shard: dict, *, seq_l
 
 
 def run(config, progress: bool = True) -> list[dict]:
-    """Scores every prepared row not yet scored; returns the score manifests (one per component)."""
+    """Scores every prepared row not yet scored (with data.max_rows > 0: the shards holding the rows training
+    reads); returns the score manifests (one per component)."""
     import jax
-    from etils import epath
     from tqdm import tqdm
 
     from rho_jax import checkpoint, config as config_lib, model, sharding, train
-    from rho_jax.data import inputs, rows as rows_lib, scores as scores_lib
+    from rho_jax.data import inputs, reader, rows as rows_lib, scores as scores_lib
     from rho_jax.score import jitted_reference_forward
 
     config_lib.validate(config, jax.device_count())
@@ -84,12 +84,8 @@ def run(config, progress: bool = True) -> list[dict]:
     if not config.init.reference:
         raise config_lib.ConfigError("config.init.reference is empty: which reference model scores the corpus?")
     vocab_id = inputs.vocabulary_identity(d.vocab)
-    work = []  # (component name, prepared dir, score dir, rows manifest)
-    for name, pdir, sdir, _ in scores_lib.component_dirs(d.prepared, d.score_cache):
-        manifest = rows_lib.read_manifest(pdir)
-        rows_lib.check_compatible(pdir, manifest, vocab_identity=vocab_id, seq_len=d.seq_len)
-        rows_lib.verify(pdir, manifest)
-        work.append((name, pdir, sdir, manifest))
+    comps = reader.open_components(d.prepared, seq_len=d.seq_len, vocab_identity=vocab_id, max_rows=d.max_rows)
+    work = [(c, sdir) for c, (_, _, sdir, _) in zip(comps, scores_lib.component_dirs(d.prepared, d.score_cache))]
     ref_cfg, ref_params = checkpoint.load_weights(config.init.reference, "reference")
     ref_cfg = ref_cfg.replace(**{k: config.model[k] for k in ("dtype", "remat", "attention")})
     if ref_cfg.vocab_size < inputs.tokenizer_vocab_size(d.vocab):
@@ -97,7 +93,7 @@ def run(config, progress: bool = True) -> list[dict]:
                                      f"vocab_size={ref_cfg.vocab_size}; score with a reference of this tokenizer")
     identity = scores_lib.params_identity(ref_params)
     with_entropy = "entropy" in config.objective.score
-    for name, pdir, sdir, _ in work:  # refuse a directory holding another job's scores before any compute
+    for _, sdir in work:  # refuse a directory holding another job's scores before any compute
         if (sdir / rows_lib.MANIFEST).exists():
             old = rows_lib.read_manifest(sdir, scores_lib.FORMAT)
             if old["ref_identity"] != identity or old["seq_len"] != d.seq_len or old["with_entropy"] != with_entropy:
@@ -114,10 +110,10 @@ def run(config, progress: bool = True) -> list[dict]:
                                   out_shardings=(b_sh, b_sh if with_entropy else None))
     placed = train.place(ref_params, p_sh)
     p, n_proc = jax.process_index(), jax.process_count()
-    mine = [(pdir, sdir, i, s) for _, pdir, sdir, m in work for i, s in enumerate(m["shards"]) if i % n_proc == p]
+    mine = [(c.dir, sdir, s) for c, sdir in work for i, s in enumerate(c.shards) if i % n_proc == p]
     bar = tqdm(total=sum(s["rows"] for *_, s in mine) * d.seq_len, unit="tok", unit_scale=True,
                desc=f"scoring (process {p}/{n_proc})", disable=not progress)
-    for pdir, sdir, _, shard in mine:
+    for pdir, sdir, shard in mine:
         out = sdir / scores_lib.score_file(shard["file"])
         done = rows_lib.finished_shard(out)
         if done is not None:  # resume: a finished shard is kept if it is this job's
@@ -132,14 +128,18 @@ def run(config, progress: bool = True) -> list[dict]:
 
         multihost_utils.sync_global_devices("rho_jax_score_shards_done")
     manifests = []
-    for _, pdir, sdir, m in work:
-        shards = []
-        for s in m["shards"]:
-            out = sdir / scores_lib.score_file(s["file"])
-            side = rows_lib.finished_shard(out)
+    for c, sdir in work:
+        shards = []  # every finished score shard from the first on (a larger max_rows earlier may have done more)
+        for s in c.manifest["shards"]:
+            side = rows_lib.finished_shard(sdir / scores_lib.score_file(s["file"]))
             if side is None:
-                raise rows_lib.DataError(f"score shard {out} is missing after scoring; re-run `rho-jax score`")
+                break
+            scores_lib.check_shard(side, s, identity, d.seq_len, sdir / side["file"])
             shards.append(side)
+        if len(shards) < len(c.shards):
+            raise rows_lib.DataError(f"score shard {sdir / scores_lib.score_file(c.shards[len(shards)]['file'])} is "
+                                     f"missing after scoring; re-run `rho-jax score`")
+        pdir = c.dir
         sm = {"format": scores_lib.FORMAT, "ref_identity": identity, "with_entropy": with_entropy,
               "seq_len": d.seq_len, "vocab_identity": vocab_id, "prepared": os.fspath(pdir),
               "prepared_manifest_sha256": rows_lib.manifest_sha256(pdir), "shards": shards,

@@ -75,12 +75,13 @@ def input_for_training(config, input_state: dict | None = None) -> reader.Reader
     if cached and not d.score_cache:
         raise InputError("config.objective.reference='cached' needs config.data.score_cache (run `rho-jax score`)")
     comps = reader.open_components(_prepared(config), seq_len=d.seq_len, vocab_identity=vocabulary_identity(d.vocab),
-                                   score_cache=d.score_cache if cached else None,
-                                   ref_identity=reference_identity(config) if cached else "",
-                                   with_entropy=with_entropy)
+                                   max_rows=d.max_rows)
+    if cached:
+        reader.join_scores(comps, d.prepared, d.score_cache, ref_identity=reference_identity(config),
+                           with_entropy=with_entropy)
     pipe = reader.Reader(comps, config.train.batch_size, seed=d.shuffle_seed, process_index=jax.process_index(),
-                         process_count=jax.process_count(), with_scores=cached, with_entropy=with_entropy,
-                         max_rows=d.max_rows, vocab_size=tokenizer_vocab_size(d.vocab))
+                         process_count=jax.process_count(), with_entropy=with_entropy,
+                         vocab_size=tokenizer_vocab_size(d.vocab))
     if input_state:
         pipe.set_state(input_state)
     return pipe

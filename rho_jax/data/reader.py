@@ -24,6 +24,7 @@ mode the score shards' fingerprints against the rows shards' hashes; tokens are 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 from typing import Mapping, Optional
@@ -58,47 +59,64 @@ def _open_records(paths: list[str], counts: list[int]):
     return grain.sources.ArrayRecordDataSource(paths)
 
 
-class Component:
-    """One prepared directory (and its score directory in cached mode), checked in O(shards)."""
+def _prefix(shards: list[dict], n: int) -> list[dict]:
+    """The shards holding the first `n` rows."""
+    out, total = [], 0
+    for s in shards:
+        if total >= n:
+            break
+        out.append(s)
+        total += s["rows"]
+    return out
 
-    def __init__(self, name: str, prepared, rate: float, *, seq_len: int, vocab_identity: str,
-                 score_dir=None, ref_identity: str = "", with_entropy: bool = False):
+
+class Component:
+    """One prepared directory (and its score directory in cached mode), checked in O(shards).
+
+    num_rows: the rows read (all, or the first `limit`); shards: the rows shards holding them.
+    """
+
+    def __init__(self, name: str, prepared, rate: float, *, seq_len: int, vocab_identity: str, limit: int = 0):
         self.name, self.dir, self.rate = name, epath.Path(prepared), rate
         self.manifest = rows_lib.read_manifest(self.dir)
         rows_lib.check_compatible(self.dir, self.manifest, vocab_identity=vocab_identity, seq_len=seq_len)
         rows_lib.verify(self.dir, self.manifest)
         self.seq_len = seq_len
-        self.num_rows = sum(s["rows"] for s in self.manifest["shards"])
-        if self.num_rows == 0:
+        total = sum(s["rows"] for s in self.manifest["shards"])
+        if total == 0:
             raise DataError(f"{self.dir} holds no rows (every document was empty or skipped); check data.source")
-        self.score_dir = epath.Path(score_dir) if score_dir is not None else None
-        self.score_manifest = None
-        if self.score_dir is not None:
-            self.score_manifest = scores_lib.check_score_dir(self.score_dir, self.dir, self.manifest,
-                                                             ref_identity=ref_identity, with_entropy=with_entropy)
+        self.num_rows = min(total, limit) if limit else total
+        self.shards = _prefix(self.manifest["shards"], self.num_rows)
+        self.score_dir = self.score_manifest = None
+
+    def join_scores(self, score_dir, *, ref_identity: str, with_entropy: bool) -> None:
+        """Checks the score directory of this component's shards (O(shards)); the dataset then carries them."""
+        self.score_dir = epath.Path(score_dir)
+        self.score_manifest = scores_lib.check_score_dir(self.score_dir, self.dir, self.manifest, self.shards,
+                                                         ref_identity=ref_identity, with_entropy=with_entropy)
 
     def identity(self) -> str:
         """The rows (and scores) this component reads, from the recorded per-shard hashes."""
-        parts = [s["sha256"] for s in self.manifest["shards"]]
+        parts = [s["sha256"] for s in self.shards]
         if self.score_manifest is not None:
-            parts += [s["fingerprint"] for s in self.score_manifest["shards"]]
-        return hashlib.sha256("|".join([self.name, str(self.rate)] + parts).encode()).hexdigest()[:16]
+            parts += [s["fingerprint"] for s in self.score_manifest["shards"][:len(self.shards)]]
+        return hashlib.sha256("|".join([self.name, str(self.rate), str(self.num_rows)] + parts).encode()).hexdigest()[:16]
 
-    def dataset(self, with_scores: bool, with_entropy: bool):
+    def dataset(self, with_entropy: bool = False):
         """MapDataset of decoded rows: {tokens, segment_ids, positions: int32 [L] (+ ref_ce[, ref_entropy] f32 [L])}."""
         import grain
 
-        counts = [s["rows"] for s in self.manifest["shards"]]
-        paths = [os.fspath(self.dir / s["file"]) for s in self.manifest["shards"]]
+        counts = [s["rows"] for s in self.shards]
+        paths = [os.fspath(self.dir / s["file"]) for s in self.shards]
         ds = grain.MapDataset.source(_open_records(paths, counts))
         L = self.seq_len
-        if not with_scores:
-            return ds.map(lambda rec: _row_dict(rows_lib.decode_row(rec, L)))
-        spaths = [os.fspath(self.score_dir / s["file"]) for s in self.score_manifest["shards"]]
+        if self.score_dir is None:
+            return ds.map(lambda rec: _row_dict(rows_lib.decode_row(rec, L)))[:self.num_rows]
+        spaths = [os.fspath(self.score_dir / s["file"]) for s in self.score_manifest["shards"][:len(self.shards)]]
         sds = grain.MapDataset.source(_open_records(spaths, counts))
         zipped = grain.experimental.ZipMapDataset([ds, sds])
         return zipped.map(lambda pair: _row_dict(rows_lib.decode_row(pair[0], L),
-                                                 scores_lib.decode_scores(pair[1], L), with_entropy))
+                                                 scores_lib.decode_scores(pair[1], L), with_entropy))[:self.num_rows]
 
 
 def _row_dict(row_3xL: np.ndarray, scores_KxL: Optional[np.ndarray] = None, with_entropy: bool = False) -> dict:
@@ -110,19 +128,27 @@ def _row_dict(row_3xL: np.ndarray, scores_KxL: Optional[np.ndarray] = None, with
     return out
 
 
-def open_components(prepared, *, seq_len: int, vocab_identity: str, score_cache=None, ref_identity: str = "",
-                    with_entropy: bool = False) -> list[Component]:
-    """The checked components of a prepared directory (one, or a mixture's), joined with their scores
-    when `score_cache` is given."""
+def open_components(prepared, *, seq_len: int, vocab_identity: str, max_rows: int = 0) -> list[Component]:
+    """The checked components of a prepared directory (one, or a mixture's).
+
+    max_rows > 0 keeps the first rows of each component, max_rows in all, shared by the rates (so a small
+    run reads, and `rho-jax score` scores, only the first shards of each component).
+    """
     if not epath.Path(prepared).exists():
         raise DataError(f"config.data.prepared={os.fspath(prepared)!r} does not exist; run `rho-jax prepare "
                         f"--config=...` first")
-    if score_cache is None:
-        return [Component(n, d, r, seq_len=seq_len, vocab_identity=vocab_identity)
-                for n, d, r in rows_lib.components(prepared)]
-    return [Component(n, d, r, seq_len=seq_len, vocab_identity=vocab_identity, score_dir=s,
-                      ref_identity=ref_identity, with_entropy=with_entropy)
-            for n, d, s, r in scores_lib.component_dirs(prepared, score_cache)]
+    parts = rows_lib.components(prepared)
+    total = sum(r for _, _, r in parts)
+    return [Component(n, d, r, seq_len=seq_len, vocab_identity=vocab_identity,
+                      limit=math.ceil(max_rows * r / total) if max_rows else 0) for n, d, r in parts]
+
+
+def join_scores(components: list[Component], prepared, score_cache, *, ref_identity: str,
+                with_entropy: bool = False) -> list[Component]:
+    """Attaches each component's score directory (mirroring the prepared layout), checked in O(shards)."""
+    for c, (_, _, sdir, _) in zip(components, scores_lib.component_dirs(prepared, score_cache)):
+        c.join_scores(sdir, ref_identity=ref_identity, with_entropy=with_entropy)
+    return components
 
 
 def _process_rows(parent, global_batch: int, process_index: int, process_count: int):
@@ -137,14 +163,14 @@ def _process_rows(parent, global_batch: int, process_index: int, process_count: 
 class Reader:
     """This process's resumable iterator of training batches (the loop's `make_input` contract).
 
-    components: from `open_components`; max_rows > 0 keeps the first rows of the prepared order. Yields
+    components: from `open_components` (and `join_scores` in cached mode). Yields
     {key: [B / process_count, L]} numpy batches; `get_state()` is a small JSON dict, `set_state()` restores it exactly. `vocab_size` (optional) lets the loop check
     the tokenizer against the model.
     """
 
     def __init__(self, components: list[Component], global_batch: int, *, seed: int = 0, process_index: int = 0,
-                 process_count: int = 1, with_scores: bool = False, with_entropy: bool = False,
-                 max_rows: int = 0, read_threads: int = 4, prefetch: int = 8, vocab_size: Optional[int] = None):
+                 process_count: int = 1, with_entropy: bool = False, read_threads: int = 4, prefetch: int = 8,
+                 vocab_size: Optional[int] = None):
         import grain
 
         if global_batch % process_count:
@@ -154,14 +180,12 @@ class Reader:
         self.process_index, self.process_count = process_index, process_count
         self.local_batch = global_batch // process_count
         self.vocab_size = vocab_size
-        parts = [c.dataset(with_scores, with_entropy) for c in components]
+        parts = [c.dataset(with_entropy) for c in components]
         if len(parts) == 1:
             mixed = parts[0]
         else:  # each component in its own per-epoch order, mixed by rate
             mixed = grain.MapDataset.mix([p.shuffle(seed=(seed + 1 + i) % 2**32) for i, p in enumerate(parts)],
                                          [c.rate for c in components])
-        if max_rows:  # small runs: only the first rows of the (mixed) prepared order
-            mixed = mixed[:max_rows]
         self.epoch_rows = len(mixed)
         if self.epoch_rows < global_batch:
             raise DataError(f"{components[0].dir} holds {self.epoch_rows} rows per epoch, fewer than one global "
@@ -174,7 +198,7 @@ class Reader:
         self._iter = iter(self._dataset)
         data_id = hashlib.sha256("|".join(c.identity() for c in components).encode()).hexdigest()[:16]
         self._assumes = {"format": STATE_FORMAT, "global_batch": global_batch, "process_count": process_count,
-                         "seed": seed, "max_rows": max_rows, "data": data_id}
+                         "seed": seed, "data": data_id}
 
     def __iter__(self):
         return self
@@ -203,8 +227,8 @@ def read_rows(prepared, max_rows: int = 0, *, seq_len: int, vocab_identity: str)
     """The first `max_rows` rows (0 = all) of a prepared directory in its global order (no shuffle):
     {tokens, segment_ids, positions: int32 [N, L]}. For held-out sets and analysis, which are small."""
     out = []
-    for c in open_components(prepared, seq_len=seq_len, vocab_identity=vocab_identity):
-        for shard in c.manifest["shards"]:
+    for c in open_components(prepared, seq_len=seq_len, vocab_identity=vocab_identity, max_rows=max_rows):
+        for shard in c.shards:
             for rec in rows_lib.read_records(c.dir / shard["file"]):
                 out.append(rows_lib.decode_row(rec, seq_len))
                 if len(out) == max_rows:

@@ -101,12 +101,14 @@ def check_shard(sidecar: Mapping, rows_shard: Mapping, ref_identity: str, seq_le
                         f"rows, reference and seq_len={seq_len}; {RESCORE}")
 
 
-def check_score_dir(score_dir, prepared_dir, rows_manifest: Mapping, *, ref_identity: str,
+def check_score_dir(score_dir, prepared_dir, rows_manifest: Mapping, rows_shards: list, *, ref_identity: str,
                     with_entropy: bool) -> dict:
-    """Checks a score directory against its prepared directory in O(shards); returns the score manifest.
+    """Checks a score directory against the rows shards read from its prepared directory, in O(shards);
+    returns the score manifest.
 
-    Manifests, seq_len, vocabulary and reference identity, the prepare it was made from, one score shard
-    per rows shard (no missing, no extra), each shard's fingerprint, row count and file size.
+    Manifests, seq_len, vocabulary and reference identity, one score shard per rows shard read (a first
+    run with data.max_rows scores only the first shards), no shard that matches no rows shard, each
+    shard's fingerprint, row count and file size.
     """
     score_dir = epath.Path(score_dir)
     if not (score_dir / rows_lib.MANIFEST).exists():
@@ -123,19 +125,21 @@ def check_score_dir(score_dir, prepared_dir, rows_manifest: Mapping, *, ref_iden
                         f"config.init.reference is {ref_identity[:28]}); {RESCORE}")
     if with_entropy and not sm["with_entropy"]:
         raise DataError(f"score cache {score_dir} holds no ref_entropy but config.objective.score needs it; {RESCORE}")
-    expected = [score_file(s["file"]) for s in rows_manifest["shards"]]
+    every = [score_file(s["file"]) for s in rows_manifest["shards"]]
+    expected = every[:len(rows_shards)]
     listed = [s["file"] for s in sm["shards"]]
     on_disk = sorted(p.name for p in score_dir.glob("scores-*.array_record"))
-    extra = sorted(set(on_disk) - set(expected)) or sorted(set(listed) - set(expected))
+    extra = sorted(set(on_disk) - set(every)) or sorted(set(listed) - set(every))
     if extra:
         raise DataError(f"score cache {score_dir} holds score shard {score_dir / extra[0]} that matches no shard of "
                         f"{prepared_dir} ({len(extra)} extra): it belongs to another prepare; {RESCORE}")
-    if listed != expected:
-        missing = sorted(set(expected) - set(listed))
+    if listed[:len(expected)] != expected:
+        missing = [f for f in expected if f not in listed]
         raise DataError(f"score cache {score_dir} lacks score shard {score_dir / missing[0]} for "
                         f"{prepared_dir / missing[0].replace('scores-', 'rows-', 1)} ({len(missing)} missing); "
                         f"run `rho-jax score` with this config to finish it")
-    for shard, rows_shard in zip(sm["shards"], rows_manifest["shards"]):
+    read = sm["shards"][:len(expected)]
+    for shard, rows_shard in zip(read, rows_shards):
         check_shard(shard, rows_shard, ref_identity, seq_len, score_dir / shard["file"])
-    rows_lib.verify(score_dir, sm)  # every listed file present with its recorded size
+    rows_lib.verify(score_dir, {**sm, "shards": read})  # every file read is present with its recorded size
     return sm
