@@ -81,9 +81,11 @@ def test_output_is_byte_identical_with_1_and_3_workers(tmp_path, docs, tok_path)
     for workers in (1, 3):
         out = tmp_path / f"out{workers}"
         run(f"jsonl:{tmp_path}/*.jsonl", out, tok_path, workers=workers, shard_bytes=25_000)
-        outs[workers] = {f: (out / f).read_bytes() for f in sorted(os.listdir(out))}
+        outs[workers] = {f: (out / f).read_bytes() for f in sorted(os.listdir(out)) if (out / f).is_file()}
     assert len([f for f in outs[1] if f.endswith(".array_record")]) >= 6
     assert outs[1].keys() == outs[3].keys() and outs[1] == outs[3]
+    # The workers read the tokenizer shipped into the output directory.
+    assert (tmp_path / "out3" / "tokenizer" / os.path.basename(tok_path)).read_bytes() == open(tok_path, "rb").read()
 
 
 def test_resume_skips_finished_shards_and_redoes_one_without_sidecar(tmp_path, docs, tok_path):

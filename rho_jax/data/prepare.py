@@ -161,6 +161,22 @@ def _component_manifest(comp: sources.Component, jobs: list[ShardJob], settings:
             "text_field": comp.text_field, "prepare_key": settings.key, "shards": shards, "totals": totals}
 
 
+def _ship_tokenizer(tokenizer, root: epath.Path) -> str:
+    """Copies the tokenizer file (and an HF tokenizer_config.json beside it) to <root>/tokenizer/; returns its path."""
+    src = epath.Path(tokenizer)
+    if src.is_dir():
+        src = next((src / n for n in ("tokenizer.json", "tokenizer.model") if (src / n).exists()), src)
+    dst_dir = root / "tokenizer"
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for f in (src, src.parent / "tokenizer_config.json"):
+        dst = dst_dir / f.name
+        if f.exists() and not (dst.exists() and dst.read_bytes() == f.read_bytes()):
+            tmp = dst_dir / f".{f.name}.tmp"
+            f.copy(tmp, overwrite=True)
+            tmp.rename(dst)
+    return os.fspath(dst_dir / src.name)
+
+
 def prepare(source: str, out_dir: str, *, tokenizer: str, vocab_identity: str, seq_len: int, packing: str = "pack",
             text_field: str = "text", workers: int = 1, beam_args: str = "", shard_bytes: int = sources.DEFAULT_SHARD_BYTES,
             split: str = "train", seqio_vocab=None, general_rate: float = 0.3) -> dict:
@@ -193,8 +209,11 @@ def prepare(source: str, out_dir: str, *, tokenizer: str, vocab_identity: str, s
                 raise DataError(f"{d} already holds data prepared from {old.get('input')} with seq_len="
                                 f"{old.get('seq_len')}, packing={old.get('packing')}, vocabulary "
                                 f"{old.get('vocab_identity')}; choose another data.prepared or delete {d}")
-        d.mkdir(parents=True, exist_ok=True)
         planned.append((comp, d, jobs))
+    for _, d, _ in planned:  # only once every component's inputs were found
+        d.mkdir(parents=True, exist_ok=True)
+    # Workers (possibly remote) read the tokenizer from the output directory; it also records what made the rows.
+    settings = dataclasses.replace(settings, tokenizer=_ship_tokenizer(tokenizer, root))
     all_jobs = [j for _, _, jobs in planned for j in jobs]
     todo = [j for j in all_jobs if _done(j, settings) is None]
     if todo:
