@@ -9,16 +9,8 @@ Weights (not in the repo; needs the internet once):
   rho-jax convert Mistral-7B gs://YOUR_BUCKET/models/Mistral-7B --to=orbax
   gsutil cp Mistral-7B/tokenizer.model gs://YOUR_BUCKET/models/Mistral-7B.tokenizer.model
 
-Full sequence (gs:// paths throughout; README "Data at scale" has the Dataflow options):
-  1. prepare once on Dataflow, no accelerator: tokenise + pack into ArrayRecord rows at data.prepared
-       rho-jax prepare --config=configs/mistral7b_owm_slm.py \
-         --config.data.beam_args="--runner=DataflowRunner --project=P --region=R --temp_location=gs://YOUR_BUCKET/tmp"
-  2. score on the slice: every host scores its own row shards (shard i -> host i % hosts) into
-     data.score_cache, resumable per shard
-       tpu/run.sh --run-name score -- rho-jax score --config=configs/mistral7b_owm_slm.py
-  3. train on the slice: Grain reads each host's rows of every global batch (joined with their scores);
-     the reader's position is in every checkpoint, so a preempted run resumes on the very next batch
-       tpu/run.sh --run-name slm --detach -- rho-jax train --config=configs/mistral7b_owm_slm.py
+Full sequence: as in configs/tinyllama_owm_slm.py (prepare on Dataflow, score on the slice, train), with
+--config=configs/mistral7b_owm_slm.py.
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
   v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% MFU: 15.00B tokens x 61.18 GFLOP/token
