@@ -32,7 +32,7 @@ def read_all(component, shard_bytes):
     return out, skipped, shards
 
 
-@pytest.mark.parametrize("shard_bytes", [1, 777, 4096, 50_000, 1 << 30])
+@pytest.mark.parametrize("shard_bytes", [13, 777, 4096, 50_000, 1 << 30])
 def test_byte_ranges_cover_every_line_exactly_once(tmp_path, docs, shard_bytes):
     write_jsonl(tmp_path / "a.jsonl", [{"text": d} for d in docs])
     comp = sources.resolve(f"jsonl:{tmp_path}/*.jsonl")[0]

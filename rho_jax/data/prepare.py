@@ -67,9 +67,9 @@ def _tokenizer(path: str):
         if "://" in path:
             src = epath.Path(path)
             local = os.path.join(tempfile.mkdtemp(prefix="rho_jax_tok_"), src.name)
-            src.copy(local)
-            if (src.parent / "tokenizer_config.json").exists():
-                (src.parent / "tokenizer_config.json").copy(os.path.join(os.path.dirname(local), "tokenizer_config.json"))
+            for f in (src, src.parent / "tokenizer_config.json"):
+                if f.exists():
+                    rows.copy_file(f, os.path.join(os.path.dirname(local), f.name))
         _TOKENIZERS[path] = load_tokenizer(local)
     return _TOKENIZERS[path]
 
@@ -171,9 +171,7 @@ def _ship_tokenizer(tokenizer, root: epath.Path) -> str:
     for f in (src, src.parent / "tokenizer_config.json"):
         dst = dst_dir / f.name
         if f.exists() and not (dst.exists() and dst.read_bytes() == f.read_bytes()):
-            tmp = dst_dir / f".{f.name}.tmp"
-            f.copy(tmp, overwrite=True)
-            tmp.rename(dst)
+            rows.copy_file(f, dst)
     return os.fspath(dst_dir / src.name)
 
 

@@ -112,6 +112,18 @@ def read_json(path, what: str = "file") -> dict:
         raise DataError(f"{what} {path} is not valid JSON ({e}); delete it and re-run the job that wrote it") from None
 
 
+def copy_file(src, dst) -> None:
+    """Streams `src` to `dst` (either local or gs://); for a local `dst` the copy appears atomically."""
+    import shutil
+
+    src, dst = epath.Path(src), epath.Path(dst)
+    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}" if _is_local(dst) else dst
+    with src.open("rb") as fin, tmp.open("wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 22)
+    if tmp != dst:
+        os.replace(tmp, dst)
+
+
 def file_sha256(path) -> str:
     h = hashlib.sha256()
     with epath.Path(path).open("rb") as f:
@@ -157,7 +169,7 @@ class ShardWriter:
         if _is_local(self.path):
             os.replace(self._tmp, self.path)
         else:
-            epath.Path(self._tmp).copy(self.path, overwrite=True)
+            copy_file(self._tmp, self.path)
             os.remove(self._tmp)
         self._done = True
         return {"file": self.path.name, "rows": self.rows, "bytes": size, "sha256": digest}
