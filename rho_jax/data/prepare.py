@@ -1,6 +1,6 @@
 """`rho-jax prepare`: source -> tokenise -> pack -> ArrayRecord row shards + manifest, on Apache Beam.
 
-    beam.Create(input shards still to do) | Reshuffle | ParDo(PrepareShard) | count
+    beam.Create(input shards still to do) | Reshuffle (spread them over workers) | ParDo(PrepareShard)
 
 Each input shard (`sources.plan`) becomes one output shard with the same index, written streaming
 (rows go to the ArrayRecord file as they are packed; memory is one document plus one row), atomically
@@ -129,6 +129,9 @@ def run_beam(jobs: list[ShardJob], settings: Settings, workers: int = 1, beam_ar
             yield info.get("error", "")
 
     errors_dir = {os.fspath(epath.Path(j.out).parent) for j in jobs}
+    for d in errors_dir:  # reports left by an earlier, interrupted run
+        for f in epath.Path(d).glob("*.error.json"):
+            f.unlink()
     # The local runner forwards every worker's start-up chatter at INFO/WARNING; failures still raise.
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
