@@ -108,10 +108,19 @@ def test_resume_skips_finished_shards_and_redoes_one_without_sidecar(tmp_path, d
     assert (out / rows.MANIFEST).read_bytes() == manifest
 
     # A truncated shard (size differs from its sidecar) is redone too.
+    (out / rows.MANIFEST).unlink()
     with open(out / files[2], "r+b") as f:
         f.truncate(100)
     assert run(f"jsonl:{tmp_path}/in.jsonl", out, tok_path)["written"] == 1
     assert (out / rows.MANIFEST).read_bytes() == manifest
+
+    # An input file that changed since (here: one more document, same shard count) makes every shard stale.
+    with open(tmp_path / "in.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "one more"}) + "\n")
+    (out / rows.MANIFEST).unlink()
+    redo = run(f"jsonl:{tmp_path}/in.jsonl", out, tok_path)
+    assert redo["written"] == len(files) == len(redo["components"][0][1]["shards"])
+    assert redo["components"][0][1]["totals"]["documents"] == len(docs) + 1
 
 
 def test_another_preparation_in_the_same_dir_is_refused(tmp_path, docs, tok_path):

@@ -92,14 +92,15 @@ def write_shard(job: ShardJob, settings: Settings) -> dict:
     except (OSError, EOFError, ValueError) as e:  # gzip/parquet/IO errors of this input
         return {"error": f"cannot read {job.shard.label}: {type(e).__name__}: {e}; fix or remove the file"}
     info.update({k: getattr(stats, k) for k in STATS if k != "rows"}, skipped=skipped, input=job.shard.label,
-                prepare_key=settings.key)
+                input_file_bytes=job.shard.file_bytes, prepare_key=settings.key)
     rows.write_json(rows.sidecar_path(job.out), info)
     return info
 
 
 def _done(job: ShardJob, settings: Settings) -> Optional[dict]:
     info = rows.finished_shard(job.out)
-    if info and info.get("input") == job.shard.label and info.get("prepare_key") == settings.key:
+    if (info and info.get("input") == job.shard.label and info.get("input_file_bytes") == job.shard.file_bytes
+            and info.get("prepare_key") == settings.key):
         return info
     return None
 
@@ -205,10 +206,10 @@ def prepare(source: str, out_dir: str, *, tokenizer: str, vocab_identity: str, s
         jobs = [ShardJob(s, os.fspath(d / rows.shard_name(i, len(shards)))) for i, s in enumerate(shards)]
         if (d / rows.MANIFEST).exists():
             old = rows.read_manifest(d)
-            if old.get("prepare_key") != settings.key or [s["input"] for s in old["shards"]] != [
-                    j.shard.label for j in jobs]:
-                raise DataError(f"{d} already holds data prepared from {old.get('input')} with seq_len="
-                                f"{old.get('seq_len')}, packing={old.get('packing')}, vocabulary "
+            old_inputs = [(s["input"], s.get("input_file_bytes")) for s in old["shards"]]
+            if old.get("prepare_key") != settings.key or old_inputs != [(j.shard.label, j.shard.file_bytes) for j in jobs]:
+                raise DataError(f"{d} already holds data prepared from {old.get('input')} (other files or settings) "
+                                f"with seq_len={old.get('seq_len')}, packing={old.get('packing')}, vocabulary "
                                 f"{old.get('vocab_identity')}; choose another data.prepared or delete {d}")
         planned.append((comp, d, jobs))
     for _, d, _ in planned:  # only once every component's inputs were found

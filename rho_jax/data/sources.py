@@ -44,6 +44,7 @@ class InputShard:
     start: int
     end: int
     text_field: str
+    file_bytes: int = -1  # the input file's size when planned: a changed file invalidates finished shards
 
     @property
     def label(self) -> str:
@@ -181,19 +182,18 @@ def plan(component: Component, shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[I
     """The input shards of a component, in input order (a pure function of the files and shard_bytes)."""
     shards = []
     for path in expand(component.pattern):
-        p = epath.Path(path)
+        size = epath.Path(path).stat().length
         if component.fmt == "jsonl" and path.endswith(".gz"):
-            shards.append(InputShard(path, "jsonl", 0, -1, component.text_field))
+            shards.append(InputShard(path, "jsonl", 0, -1, component.text_field, size))
         elif component.fmt == "jsonl":
-            size = p.stat().length
-            shards += [InputShard(path, "jsonl", s, min(size, s + shard_bytes), component.text_field)
+            shards += [InputShard(path, "jsonl", s, min(size, s + shard_bytes), component.text_field, size)
                        for s in range(0, size, shard_bytes)]
         else:
-            shards += _parquet_shards(path, component.text_field, shard_bytes)
+            shards += _parquet_shards(path, component.text_field, shard_bytes, size)
     return shards
 
 
-def _parquet_shards(path: str, text_field: str, shard_bytes: int) -> list[InputShard]:
+def _parquet_shards(path: str, text_field: str, shard_bytes: int, size: int) -> list[InputShard]:
     import pyarrow.parquet as pq
 
     with epath.Path(path).open("rb") as f:
@@ -208,7 +208,7 @@ def _parquet_shards(path: str, text_field: str, shard_bytes: int) -> list[InputS
     for g in range(meta.num_row_groups):
         acc += meta.row_group(g).total_byte_size
         if acc >= shard_bytes or g == meta.num_row_groups - 1:
-            shards.append(InputShard(path, "parquet", start, g + 1, text_field))
+            shards.append(InputShard(path, "parquet", start, g + 1, text_field, size))
             start, acc = g + 1, 0
     return shards
 
