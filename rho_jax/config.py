@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
         prepared="",  # directory (local or gs://) of the prepared ArrayRecord rows (`rho-jax prepare`)
         prepare_workers=2,  # local DirectRunner worker processes
         prepare_shard_mb=256.0,  # input shard size: uncompressed JSONL byte ranges / parquet row-group runs
+        prepare_max_shards=0,  # > 0: prepare only the first N input shards of each component (small runs)
         beam_args="",  # extra Beam pipeline options, e.g. "--runner=DataflowRunner --project=P ..."
         split="train",  # the split `rho-jax prepare` reads of a registered SeqIO source
     ))

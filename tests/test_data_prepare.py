@@ -123,6 +123,19 @@ def test_resume_skips_finished_shards_and_redoes_one_without_sidecar(tmp_path, d
     assert redo["components"][0][1]["totals"]["documents"] == len(docs) + 1
 
 
+def test_max_shards_prepares_a_prefix_that_a_later_run_extends(tmp_path, docs, tok_path):
+    write_jsonl(tmp_path / "in.jsonl", docs)
+    src = f"jsonl:{tmp_path}/in.jsonl"
+    full = run(src, tmp_path / "full", tok_path)["components"][0][1]
+    n = len(full["shards"])
+    part = run(src, tmp_path / "out", tok_path, max_shards=2)["components"][0][1]
+    assert [s["file"] for s in part["shards"]] == [s["file"] for s in full["shards"][:2]]
+    assert part["planned_shards"] == n and part["totals"]["rows"] == sum(s["rows"] for s in full["shards"][:2])
+    more = run(src, tmp_path / "out", tok_path)
+    assert (more["written"], more["done_before"]) == (n - 2, 2)
+    assert (tmp_path / "out" / rows.MANIFEST).read_bytes() == (tmp_path / "full" / rows.MANIFEST).read_bytes()
+
+
 def test_another_preparation_in_the_same_dir_is_refused(tmp_path, docs, tok_path):
     write_jsonl(tmp_path / "in.jsonl", docs[:20])
     run(f"jsonl:{tmp_path}/in.jsonl", tmp_path / "out", tok_path)

@@ -181,8 +181,11 @@ def _ship_tokenizer(tokenizer, root: epath.Path) -> str:
 
 def prepare(source: str, out_dir: str, *, tokenizer: str, vocab_identity: str, seq_len: int, packing: str = "pack",
             text_field: str = "text", workers: int = 1, beam_args: str = "", shard_bytes: int = sources.DEFAULT_SHARD_BYTES,
-            split: str = "train", seqio_vocab=None, general_rate: float = 0.3) -> dict:
+            split: str = "train", seqio_vocab=None, general_rate: float = 0.3, max_shards: int = 0) -> dict:
     """Prepares `source` into `out_dir`; returns {"components": [(name, manifest)], "done_before": n, "written": n}.
+
+    max_shards > 0 prepares only the first max_shards input shards of each component (small runs); shard
+    names keep the full count, so a later run with a larger max_shards (or 0 = all) adds the rest.
 
     A rerun into the same directory with the same settings redoes only unfinished shards; a directory
     holding another preparation (other vocabulary, seq_len, packing or source) is refused.
@@ -204,29 +207,33 @@ def prepare(source: str, out_dir: str, *, tokenizer: str, vocab_identity: str, s
         d = root / comp.name if comp.name else root
         shards = sources.plan(comp, shard_bytes)
         jobs = [ShardJob(s, os.fspath(d / rows.shard_name(i, len(shards)))) for i, s in enumerate(shards)]
-        if (d / rows.MANIFEST).exists():
+        jobs = jobs[:max_shards] if max_shards > 0 else jobs
+        if (d / rows.MANIFEST).exists():  # a finished preparation may only be extended (more of the same shards)
             old = rows.read_manifest(d)
             old_inputs = [(s["input"], s.get("input_file_bytes")) for s in old["shards"]]
-            if old.get("prepare_key") != settings.key or old_inputs != [(j.shard.label, j.shard.file_bytes) for j in jobs]:
+            new_inputs = [(j.shard.label, j.shard.file_bytes) for j in jobs]
+            if (old.get("prepare_key") != settings.key or old.get("planned_shards", len(old_inputs)) != len(shards)
+                    or old_inputs != new_inputs[:len(old_inputs)]):
                 raise DataError(f"{d} already holds data prepared from {old.get('input')} (other files or settings) "
                                 f"with seq_len={old.get('seq_len')}, packing={old.get('packing')}, vocabulary "
                                 f"{old.get('vocab_identity')}; choose another data.prepared or delete {d}")
-        planned.append((comp, d, jobs))
-    for _, d, _ in planned:  # only once every component's inputs were found
+        planned.append((comp, d, jobs, len(shards)))
+    for _, d, _, _ in planned:  # only once every component's inputs were found
         d.mkdir(parents=True, exist_ok=True)
     # Workers (possibly remote) read the tokenizer from the output directory; it also records what made the rows.
     settings = dataclasses.replace(settings, tokenizer=_ship_tokenizer(tokenizer, root))
-    all_jobs = [j for _, _, jobs in planned for j in jobs]
+    all_jobs = [j for _, _, jobs, _ in planned for j in jobs]
     todo = [j for j in all_jobs if _done(j, settings) is None]
     if todo:
         run_beam(todo, settings, workers, beam_args)
     out = []
-    for comp, d, jobs in planned:
+    for comp, d, jobs, n_planned in planned:
         manifest = _component_manifest(comp, jobs, settings, source, tok.vocab_size)
+        manifest["planned_shards"] = n_planned  # < len(shards) when max_shards cut the input short
         rows.write_manifest(d, manifest)
         out.append((comp.name, manifest))
     if mixture:
-        rows.write_mixture(root, [{"name": c.name, "dir": c.name, "rate": c.rate} for c, _, _ in planned])
+        rows.write_mixture(root, [{"name": c.name, "dir": c.name, "rate": c.rate} for c, _, _, _ in planned])
     return {"components": out, "done_before": len(all_jobs) - len(todo), "written": len(todo)}
 
 
@@ -244,6 +251,8 @@ def run(config, source: Optional[str] = None, split: Optional[str] = None, out: 
         raise ConfigError("config.data.prepared is empty: which directory should the prepared rows go to?")
     if d.prepare_workers < 1:
         raise ConfigError(f"config.data.prepare_workers={d.prepare_workers} must be >= 1")
+    if d.prepare_max_shards < 0:
+        raise ConfigError(f"config.data.prepare_max_shards={d.prepare_max_shards} must be >= 0 (0 = every shard)")
     if d.prepare_shard_mb <= 0:
         raise ConfigError(f"config.data.prepare_shard_mb={d.prepare_shard_mb} must be > 0")
     seqio_vocab = None
@@ -253,4 +262,4 @@ def run(config, source: Optional[str] = None, split: Optional[str] = None, out: 
                    vocab_identity=inputs.vocabulary_identity(d.vocab), seq_len=d.seq_len,
                    packing="pack" if d.packing else "pad", text_field=d.text_field, workers=d.prepare_workers,
                    beam_args=d.beam_args, shard_bytes=int(d.prepare_shard_mb * (1 << 20)), split=split,
-                   seqio_vocab=seqio_vocab, general_rate=d.general_rate)
+                   seqio_vocab=seqio_vocab, general_rate=d.general_rate, max_shards=d.prepare_max_shards)
