@@ -113,16 +113,20 @@ def run(config, progress: bool = True) -> list[dict]:
     mine = [(c.dir, sdir, s) for c, sdir in work for i, s in enumerate(c.shards) if i % n_proc == p]
     bar = tqdm(total=sum(s["rows"] for *_, s in mine) * d.seq_len, unit="tok", unit_scale=True,
                desc=f"scoring (process {p}/{n_proc})", disable=not progress)
+    scored = kept = 0
     for pdir, sdir, shard in mine:
         out = sdir / scores_lib.score_file(shard["file"])
         done = rows_lib.finished_shard(out)
         if done is not None:  # resume: a finished shard is kept if it is this job's
             scores_lib.check_shard(done, shard, identity, d.seq_len, out)
+            kept += 1
         else:
             _score_shard(fn, placed, os.fspath(pdir / shard["file"]), out, shard, seq_len=d.seq_len, micro=micro,
                          ref_identity=identity, with_entropy=with_entropy)
+            scored += 1
         bar.update(shard["rows"] * d.seq_len)
     bar.close()
+    print(f"process {p}/{n_proc}: scored {scored} shards, {kept} already done", flush=True)
     if n_proc > 1:
         from jax.experimental import multihost_utils
 

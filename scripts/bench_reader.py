@@ -6,7 +6,8 @@ read:  one full epoch of the Grain reader over $RHO_JAX_CACHE/bench/prepared-<to
        (batch x seq_len, what a step consumes), and the multiple of what one host of
        configs/tinyllama_owm_slm.py's slice consumes at its estimate (rho_jax/estimate.py).
 score: `score_job.run` with a tiny random reference (d=16, 1 layer, the demo vocabulary) over the same rows
-       into $RHO_JAX_CACHE/bench/scores-<tokens>-<seq_len> (fresh each time).
+       into $RHO_JAX_CACHE/bench/scores-<tokens>-<seq_len> (fresh each time); --max_rows=N scores only the
+       shards holding the first N rows (data.max_rows), for a time-bounded run.
 Peak RSS: bench_data.track_rss (this process and its children, sampled every 0.1 s).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +29,9 @@ def _options(rest):
     ap.add_argument("--batch", type=int, default=64, help="global batch (rows)")
     ap.add_argument("--threads", type=int, default=4, help="Grain read threads")
     ap.add_argument("--prefetch", type=int, default=8, help="Grain prefetch buffer (batches)")
-    ap.add_argument("--max_batches", type=int, default=0, help="> 0: stop after this many batches")
+    ap.add_argument("--max_batches", type=int, default=0, help="> 0: read: stop after this many batches")
+    ap.add_argument("--max_rows", type=int, default=0, help="> 0: score: only the shard(s) holding the first N rows")
+    ap.add_argument("--seconds", type=float, default=0, help="> 0: score: stop after this wall time (a partial run)")
     return ap.parse_args(rest)
 
 
@@ -77,6 +81,7 @@ def score(args, rest) -> dict:
     import numpy as np
 
     from rho_jax import checkpoint, config as config_lib, model, score_job
+    from rho_jax import score as score_lib
     from rho_jax.data import rows
 
     opt = _options(rest)
@@ -91,16 +96,34 @@ def score(args, rest) -> dict:
         checkpoint.save_model(cfg, jax.tree.map(np.asarray, model.init_params(cfg, jax.random.PRNGKey(0))),
                               str(ref_dir))
     shutil.rmtree(out, ignore_errors=True)
-    c.data.update(seq_len=args.seq_len, prepared=str(prepared), score_cache=str(out))
+    c.data.update(seq_len=args.seq_len, prepared=str(prepared), score_cache=str(out), max_rows=opt.max_rows)
     c.init.reference = str(ref_dir)
     c.train.batch_size = opt.batch
     c.objective.ce_chunk = 1024  # never hold f32 [B, L, V] logits
+    calls = [0]
+    jitted = score_lib.jitted_reference_forward
+
+    def counting(*a, **kw):  # counts the scored micro-batches (a partial run has no manifest)
+        fn = jitted(*a, **kw)
+
+        def call(*x):
+            out = fn(*x)
+            calls[0] += 1
+            return out
+        return call
+
+    score_lib.jitted_reference_forward = counting
     t0 = time.perf_counter()
     with bench_data.track_rss() as rss:
-        (manifest,) = score_job.run(c, progress=False)
+        job = threading.Thread(target=score_job.run, args=(c,), kwargs={"progress": False}, daemon=True)
+        job.start()
+        job.join(opt.seconds or None)
     seconds = time.perf_counter() - t0
-    tokens = manifest["rows"] * args.seq_len
-    assert rows.read_manifest(out, "rho_jax.scores/1")["rows"] == manifest["rows"]
-    return {"stage": "score", "tokens": tokens, "rows": manifest["rows"], "seconds": seconds,
-            "tokens_per_s": tokens / seconds, "peak_rss_mb": rss["peak_rss_mb"], "workers": "1 device",
-            "batch": opt.batch}
+    tokens = calls[0] * opt.batch * args.seq_len
+    complete = not job.is_alive()
+    if complete:
+        tokens = rows.read_manifest(out, "rho_jax.scores/1")["rows"] * args.seq_len
+    return {"stage": "score" if complete else f"score (first {seconds:.0f} s)", "tokens": tokens,
+            "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mb": rss["peak_rss_mb"],
+            "workers": "1 CPU device", "batch": opt.batch, "complete": complete,
+            "corpus_rows": sum(s["rows"] for s in rows.read_manifest(prepared)["shards"])}

@@ -145,3 +145,42 @@ def test_scores_of_another_reference_or_prepare_and_missing_or_extra_shards_are_
     refused(f"{stray}.*matches no shard", score_cache=extra)
 
     refused("no manifest.json", score_cache=tmp_path / "never_scored")
+
+
+def test_two_real_processes_score_their_own_shards_like_one(job, tmp_path):
+    """`rho-jax score` as two jax.distributed processes (1 CPU device each, each scoring its own shards):
+    together they write every shard, with the same fingerprints and scores as one 8-device process (equal
+    up to float rounding: the batch is laid out on other devices)."""
+    import socket
+
+    prepared, reference, cache, _, (manifest,) = job
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+    out = tmp_path / "scores"
+    args = ["score", f"--config={REPO / 'configs' / 'tiny.py'}", f"--config.data.prepared={prepared}",
+            f"--config.data.score_cache={out}", f"--config.init.reference={reference}", f"--config.data.seq_len={SEQ}"]
+    procs = []
+    for pid in (0, 1):
+        env = dict(kt.cli_env(1), RHO_JAX_COORDINATOR=coordinator, RHO_JAX_NUM_PROCESSES="2",
+                   RHO_JAX_PROCESS_ID=str(pid))
+        procs.append(kt.start(args, env, tmp_path / f"p{pid}.log"))
+    try:
+        for pid, p in enumerate(procs):
+            assert p.wait(300) == 0, (tmp_path / f"p{pid}.log").read_text()[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    n = len(manifest["shards"])
+    for pid in (0, 1):  # shard i -> process i % 2
+        assert f"process {pid}/2: scored {len(range(pid, n, 2))} shards, 0 already done" in \
+            (tmp_path / f"p{pid}.log").read_text()
+    got = rows.read_manifest(out, scores.FORMAT)
+    same = ("file", "rows", "rows_file", "rows_sha256", "ref_identity", "fingerprint")
+    assert [{k: s[k] for k in same} for s in got["shards"]] == [{k: s[k] for k in same} for s in manifest["shards"]]
+    assert {k: v for k, v in got.items() if k != "shards"} == {k: v for k, v in manifest.items() if k != "shards"}
+    for s in got["shards"]:
+        a = [scores.decode_scores(r, SEQ) for r in rows.read_records(out / s["file"])]
+        b = [scores.decode_scores(r, SEQ) for r in rows.read_records(cache / s["file"])]
+        np.testing.assert_allclose(np.stack(a), np.stack(b), rtol=1e-5, atol=1e-5)
