@@ -27,6 +27,7 @@ def get_config():
         vocab="",  # '' = the demo SentencePiece vocabulary (4096 pieces, trained in stage 1); else a tokenizer path
         shuffle_seed=0,  # the data order; CLM and SLM share it
         general_rate=0.3,  # share of general text in the noisy mixture (math_noisy)
+        prepare_shard_mb=1.0,  # input shard size for `prepare`: runs read (and score) only the first shards
     ))
 
     # Stage 2: the base model, CLM on general English text.

@@ -7,6 +7,18 @@ data, which you provide) scores the mixture once: `rho-jax score`, then training
 Weights and tokenizer: as configs/tinyllama_owm_slm.py. StarCoderData is gated: accept its terms on the
 Hugging Face hub before TFDS can read it.
 
+Full sequence (gs:// paths throughout; README "Data at scale" has the Dataflow options):
+  1. prepare once on Dataflow, no accelerator: tokenise + pack into ArrayRecord rows at data.prepared
+     (one sub-directory per mixture component + mixture.json with the 6 : 3 : 1 rates; Grain mixes them)
+       rho-jax prepare --config=configs/general_631_slm.py \
+         --config.data.beam_args="--runner=DataflowRunner --project=P --region=R --temp_location=gs://YOUR_BUCKET/tmp"
+  2. score on the slice: every host scores its own row shards (shard i -> host i % hosts) into
+     data.score_cache, resumable per shard
+       tpu/run.sh --run-name score -- rho-jax score --config=configs/general_631_slm.py
+  3. train on the slice: Grain reads each host's rows of every global batch (joined with their scores);
+     the reader's position is in every checkpoint, so a preempted run resumes on the very next batch
+       tpu/run.sh --run-name slm --detach -- rho-jax train --config=configs/general_631_slm.py
+
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
   v5litepod-64 (64 chips x 197 TFLOP/s bf16 peak) at an assumed 40% MFU: 80.00B tokens x 9.01 GFLOP/token
   (train 6.76 + selection pass 2.25) = 7.21e+20 FLOPs -> 39.7 h. Offline scoring (reference forward): 2.25
@@ -36,6 +48,7 @@ def get_config():
     c.objective.reference = "cached"  # score once offline (rho-jax score)
     c.objective.ce_chunk = 8000  # vocabulary-chunked CE: never hold f32 [B, L, 32000] logits
     c.data.source = "general_631"  # rho_jax.data mixture SlimPajama : StarCoderData : OpenWebMath = 6 : 3 : 1
+    c.data.prepared = f"{BUCKET}/tinyllama-general/prepared"  # `rho-jax prepare` output: ArrayRecord rows + manifest
     c.data.seq_len = 2048  # TinyLlama's context
     c.data.vocab = f"{BUCKET}/models/TinyLlama-1.1B.tokenizer.model"  # Llama-2 SentencePiece, 32000 pieces
     c.data.score_cache = f"{BUCKET}/tinyllama-general/scores"  # written by `rho-jax score`

@@ -30,6 +30,7 @@ def get_config():
     c.objective.mode = "clm"  # the reference learns every token of the clean corpus
     c.objective.ce_chunk = 8000  # vocabulary-chunked CE: never hold f32 [B, L, 32000] logits
     c.data.source = "clean_math"  # your registered high-quality math task
+    c.data.prepared = f"{BUCKET}/mistral7b-owm/prepared-reference"  # `rho-jax prepare` output of data.source
     c.data.seq_len = 4096  # paper
     c.data.vocab = f"{BUCKET}/models/Mistral-7B.tokenizer.model"  # must match the SLM run's tokenizer
     c.train.batch_size = 256  # x 4096 = 1M tokens per step (not stated for the reference)

@@ -9,6 +9,9 @@ Weights (not in the repo; needs the internet once):
   rho-jax convert Mistral-7B gs://YOUR_BUCKET/models/Mistral-7B --to=orbax
   gsutil cp Mistral-7B/tokenizer.model gs://YOUR_BUCKET/models/Mistral-7B.tokenizer.model
 
+Full sequence: as in configs/tinyllama_owm_slm.py (prepare on Dataflow, score on the slice, train), with
+--config=configs/mistral7b_owm_slm.py.
+
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
   v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% MFU: 15.00B tokens x 61.18 GFLOP/token
   (train 45.88 + selection pass 15.29) = 9.18e+20 FLOPs -> 21.7 h. Offline scoring (reference forward):
@@ -39,6 +42,7 @@ def get_config():
     c.objective.reference = "cached"  # score once offline (rho-jax score)
     c.objective.ce_chunk = 8000  # vocabulary-chunked CE: never hold f32 [B, L, 32000] logits
     c.data.source = "openwebmath"  # rho_jax.data real-scale corpus (TFDS HuggingFace builder)
+    c.data.prepared = f"{BUCKET}/mistral7b-owm/prepared"  # `rho-jax prepare` output: ArrayRecord rows + manifest
     c.data.seq_len = 4096  # the reference's training and scoring length
     c.data.vocab = f"{BUCKET}/models/Mistral-7B.tokenizer.model"  # Mistral SentencePiece, 32000 pieces
     c.data.score_cache = f"{BUCKET}/mistral7b-owm/scores"  # written by `rho-jax score`

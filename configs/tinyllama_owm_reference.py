@@ -33,6 +33,7 @@ def get_config():
     c.objective.mode = "clm"  # the reference learns every token of the clean corpus
     c.objective.ce_chunk = 8000  # vocabulary-chunked CE: never hold f32 [B, L, 32000] logits
     c.data.source = "clean_math"  # your registered high-quality math task (see above)
+    c.data.prepared = f"{BUCKET}/tinyllama-owm/prepared-reference"  # `rho-jax prepare` output of data.source
     c.data.seq_len = 2048  # paper
     c.data.vocab = f"{BUCKET}/models/TinyLlama-1.1B.tokenizer.model"  # must match the SLM run's tokenizer
     c.train.batch_size = 512  # x 2048 = 1M tokens per step, as the SLM run (not stated for the reference)

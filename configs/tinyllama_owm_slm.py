@@ -11,6 +11,17 @@ Weights (not in the repo; needs the internet once):
 Every worker reads the Orbax dir from the bucket; replace YOUR_BUCKET (or override
 --config.init.target=... --config.data.vocab=...).
 
+Full sequence (gs:// paths throughout; README "Data at scale" has the Dataflow options):
+  1. prepare once on Dataflow, no accelerator: tokenise + pack into ArrayRecord rows at data.prepared
+       rho-jax prepare --config=configs/tinyllama_owm_slm.py \
+         --config.data.beam_args="--runner=DataflowRunner --project=P --region=R --temp_location=gs://YOUR_BUCKET/tmp"
+  2. score on the slice: every host scores its own row shards (shard i -> host i % hosts) into
+     data.score_cache, resumable per shard
+       tpu/run.sh --run-name score -- rho-jax score --config=configs/tinyllama_owm_slm.py
+  3. train on the slice: Grain reads each host's rows of every global batch (joined with their scores);
+     the reader's position is in every checkpoint, so a preempted run resumes on the very next batch
+       tpu/run.sh --run-name slm --detach -- rho-jax train --config=configs/tinyllama_owm_slm.py
+
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
   v4-32 (16 chips x 275 TFLOP/s bf16 peak) at an assumed 40% MFU: 15.00B tokens x 9.01 GFLOP/token (train
   6.76 + selection pass 2.25) = 1.35e+20 FLOPs -> 21.3 h. Offline scoring (reference forward): 2.25
@@ -43,6 +54,7 @@ def get_config():
     c.objective.reference = "cached"  # score once offline (rho-jax score), not a reference forward per step
     c.objective.ce_chunk = 8000  # vocabulary-chunked CE: never hold f32 [B, L, 32000] logits
     c.data.source = "openwebmath"  # rho_jax.data real-scale corpus (TFDS HuggingFace builder)
+    c.data.prepared = f"{BUCKET}/tinyllama-owm/prepared"  # `rho-jax prepare` output: ArrayRecord rows + manifest
     c.data.seq_len = 2048  # TinyLlama's context
     c.data.vocab = f"{BUCKET}/models/TinyLlama-1.1B.tokenizer.model"  # Llama-2 SentencePiece, 32000 pieces
     c.data.score_cache = f"{BUCKET}/tinyllama-owm/scores"  # written by `rho-jax score`, read in cached mode

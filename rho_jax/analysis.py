@@ -302,15 +302,16 @@ def _run_config(run_dir: str):
 
 
 def _run_categories(run_dir: str, rows: int, batch_size: int) -> dict:
-    from rho_jax.data.inputs import training_examples
+    from rho_jax.data.inputs import heldout_dirs, heldout_rows
 
     config, cfg = _run_config(run_dir)
     steps = checkpoint_steps(run_dir)
     if len(steps) < 2:
         raise ValueError(f"{run_dir} has {len(steps)} checkpoint(s); categories need >= 2")
-    # The held-out rows the run evaluates on (config.eval.sources' first), else its training source's.
-    source = next((s.strip() for s in config.eval.sources.split(",") if s.strip()), config.data.source)
-    examples, _ = training_examples(config, "validation", source, rows)
+    # The held-out rows the run evaluates on (config.eval.sources' first), else its training rows.
+    dirs = heldout_dirs(config) if config.eval.prepared else {config.data.source: config.data.prepared}
+    source, prepared = next(iter(dirs.items()))
+    examples = heldout_rows(config, prepared, rows)
     losses = token_losses(cfg, [load_checkpoint_params(run_dir, s, cfg) for s in steps], examples, batch_size)
     flat_KxT = losses.reshape(len(steps), -1)
     flat_KxT = flat_KxT[:, np.all(np.isfinite(flat_KxT), axis=0)]
@@ -319,7 +320,7 @@ def _run_categories(run_dir: str, rows: int, batch_size: int) -> dict:
 
 
 def _run_html(run_dir: str, vocab: str, reference: str, path: str, rows: int, batch_size: int) -> str:
-    from rho_jax.data.inputs import training_examples
+    from rho_jax.data.inputs import heldout_rows
     from rho_jax.data.vocab import demo_vocab_path
     from rho_jax.interop import load_tokenizer
     from rho_jax.loop import load_model
@@ -334,8 +335,7 @@ def _run_html(run_dir: str, vocab: str, reference: str, path: str, rows: int, ba
     else:
         params = load_checkpoint_params(run_dir, checkpoint_steps(run_dir)[-1], cfg)
     ref_cfg, ref_params = load_model(reference, "reference")
-    examples, _ = training_examples(config)
-    examples = {k: np.asarray(examples[k][:rows]) for k in _INT_KEYS}
+    examples = heldout_rows(config, config.data.prepared, rows)
     ce = token_losses(cfg, [params], examples, batch_size)[0]
     ref_ce = token_losses(ref_cfg, [ref_params], examples, batch_size)[0]
     valid = np.isfinite(ce) & np.isfinite(ref_ce)

@@ -277,3 +277,18 @@ def load_model(directory: str, shardings=None):
     if shardings is not None:
         target = abstract_like(target, shardings)
     return cfg, ocp.StandardCheckpointer().restore(p / "params", target)
+
+
+def load_weights(path: str, what: str):
+    """(ModelConfig, host params) from an HF dir, a .gguf file or an Orbax model dir."""
+    if is_model_dir(path):
+        cfg, params = load_model(path)
+        return cfg, jax.tree.map(np.asarray, params)
+    if "://" in path:
+        raise FileNotFoundError(f"config.init.{what}={path!r}: remote paths must be Orbax model dirs (made by "
+                                f"`rho-jax convert SRC DST --to=orbax`); HF dirs and .gguf files must be local")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.init.{what}={path!r} does not exist")
+    from rho_jax.interop import load_pretrained
+
+    return load_pretrained(path)

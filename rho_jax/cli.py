@@ -1,4 +1,4 @@
-"""`rho-jax <command> [flags]`: train | score | eval | analyze | convert | bench | demo.
+"""`rho-jax <command> [flags]`: prepare | train | score | eval | analyze | convert | bench | demo.
 
 One parser for every command: absl flags, with `--config=FILE` and `--config.a.b=v` overrides from
 `ml_collections.config_flags` where a command takes a config. Each command gets a fresh flag set, so
@@ -21,8 +21,9 @@ from rho_jax import quiet
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # a source checkout's configs/
 
 COMMANDS = {
+    "prepare": "tokenise + pack config.data.source into ArrayRecord rows in config.data.prepared (Apache Beam; resumes)",
     "train": "train (CLM or SLM) from a config, resuming from the workdir's checkpoints",
-    "score": "offline reference scoring of the training rows into config.data.score_cache",
+    "score": "reference scores of the prepared rows, as score shards in config.data.score_cache (resumes)",
     "eval": "few-shot accuracy and held-out losses of a model",
     "analyze": "token categories, selected-token HTML and plots of a training or demo workdir",
     "convert": "HF dir / GGUF -> Orbax model dir, or Orbax model dir -> HF dir",
@@ -43,7 +44,7 @@ def _define_flags(cmd: str):
     fv = flags.FlagValues()
     flags.DEFINE_bool("debug", False, "show Python tracebacks instead of one-line errors (or RHO_JAX_DEBUG=1)",
                       flag_values=fv)
-    if cmd in ("train", "score", "bench", "demo"):
+    if cmd in ("prepare", "train", "score", "bench", "demo"):
         config_flags.DEFINE_config_file("config", None, _CONFIG_HELP[cmd], flag_values=fv, lock_config=True)
     if cmd == "eval":
         flags.DEFINE_string("checkpoint", None, "Orbax model dir, training workdir (its final/), HF dir or .gguf",
@@ -85,6 +86,7 @@ def _define_flags(cmd: str):
 
 
 _CONFIG_HELP = {
+    "prepare": "the config whose data.source / data.prepared are prepared, e.g. configs/tiny.py (required)",
     "train": "a ConfigDict file, e.g. configs/tiny.py (required)",
     "score": "the training config whose rows are scored, e.g. configs/demo.py's slm stage (required)",
     "bench": "a ConfigDict file (default configs/bench_tiny.py)",
@@ -98,7 +100,7 @@ def usage() -> str:
     lines = ["usage: rho-jax <command> [flags]   (rho-jax <command> --help lists a command's flags)", "",
              "commands:"]
     lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
-    lines += ["", "Config-driven commands (train, score, bench, demo) take --config=FILE and --config.a.b=v overrides.",
+    lines += ["", "Config-driven commands (prepare, train, score, bench, demo) take --config=FILE and --config.a.b=v overrides.",
               "Relative paths are relative to the directory the command is started in. --debug shows tracebacks."]
     return "\n".join(lines)
 
@@ -157,7 +159,7 @@ def _user_errors() -> tuple:
 
     errors = [UsageError, ConfigError, CheckpointError, MeshError, FileNotFoundError, FileExistsError, NotADirectoryError,
               IsADirectoryError, PermissionError]
-    for module, name in (("rho_jax.data.scored", "CacheError"), ("rho_jax.interop.hf", "CheckpointError"),
+    for module, name in (("rho_jax.interop.hf", "CheckpointError"),
                          ("rho_jax.data.corpora", "CorpusError")):
         if module in sys.modules and hasattr(sys.modules[module], name):  # only where that layer ran
             errors.append(getattr(sys.modules[module], name))
@@ -185,11 +187,24 @@ def cmd_train(fv, _):
     print({k: row[k] for k in ("step", "loss") if k in row})
 
 
-def cmd_score(fv, _):
-    from rho_jax.data import score_job
+def cmd_prepare(fv, _):
+    from rho_jax.data import prepare
 
-    manifest = score_job.run(_resolved_config(fv))
-    print(f"score cache complete: {manifest['num_examples']} examples, fingerprint {manifest['fingerprint']}")
+    config = _resolved_config(fv)
+    result = prepare.run(config)
+    for name, m in result["components"]:
+        t = m["totals"]
+        print(f"prepared {name or m['input']}: {t['rows']} rows of {m['seq_len']} in {len(m['shards'])} shards, "
+              f"{t['documents']} documents, {t['tokens']} tokens, skipped {t['skipped']}")
+    print(f"{result['written']} shards written, {result['done_before']} already done -> {config.data.prepared}")
+
+
+def cmd_score(fv, _):
+    from rho_jax import score_job
+
+    for m in score_job.run(_resolved_config(fv)):
+        print(f"scores complete: {m['rows']} rows in {len(m['shards'])} shards of {m['prepared']} "
+              f"(reference {m['ref_identity'][:28]})")
 
 
 def cmd_eval(fv, _):
@@ -240,7 +255,7 @@ def cmd_demo(fv, _):
     demo.run(_resolved_config(fv))
 
 
-HANDLERS = {"train": cmd_train, "score": cmd_score, "eval": cmd_eval, "analyze": cmd_analyze,
+HANDLERS = {"prepare": cmd_prepare, "train": cmd_train, "score": cmd_score, "eval": cmd_eval, "analyze": cmd_analyze,
             "convert": cmd_convert, "bench": cmd_bench, "demo": cmd_demo}
 
 

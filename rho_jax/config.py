@@ -29,24 +29,27 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- paths
 
 # Config fields that hold a filesystem path, by dotted name. "path": the whole value is a path (a file,
-# directory or glob); "source": a path only behind a format prefix like `jsonl:GLOB`, otherwise a name
-# (a corpus or mixture). Fields a config lacks are skipped, so one table serves every config schema.
+# directory or glob); "paths": comma-separated paths; "source": a path only behind a format prefix like
+# `jsonl:GLOB` (or each part of a `mix:SPEC=RATE,...`), otherwise a name (a corpus or mixture). Fields a
+# config lacks are skipped, so one table serves every config schema.
 PATH_FIELDS: dict[str, str] = {
     "workdir": "path",
     "init.target": "path", "init.reference": "path",
     "data.vocab": "path", "data.score_cache": "path", "data.prepared": "path",
     "data.source": "source",
+    "eval.prepared": "paths",
     "base.checkpoint": "path",  # configs/demo.py
 }
-SOURCE_PREFIXES = ("jsonl:", "parquet:", "arrayrecord:")
+SOURCE_PREFIXES = ("jsonl:", "parquet:")
+KINDS = ("path", "paths", "source")
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 def register_path_field(name: str, kind: str = "path") -> None:
     """Declares that config field `name` (dotted, e.g. 'data.prepared') holds a path ('path') or a
-    prefixed source ('source'), so `resolve_paths` makes it absolute."""
-    if kind not in ("path", "source"):
-        raise ValueError(f"kind={kind!r}; expected 'path' or 'source'")
+    prefixed source ('source') or comma-separated paths ('paths'), so `resolve_paths` makes it absolute."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
     PATH_FIELDS[name] = kind
 
 
@@ -63,7 +66,14 @@ def resolve_path(path: str, base: str | None = None) -> str:
 
 
 def resolve_source(source: str, base: str | None = None) -> str:
-    """A data source: `jsonl:GLOB` / `parquet:GLOB` get an absolute glob; a corpus name stays as it is."""
+    """A data source: `jsonl:GLOB` / `parquet:GLOB` get an absolute glob, and so does each part of a
+    `mix:SPEC=RATE,...`; a corpus or mixture name stays as it is."""
+    if source.startswith("mix:"):
+        parts = []
+        for part in source[4:].split(","):
+            spec, sep, rate = part.rpartition("=")
+            parts.append(resolve_source(spec, base) + sep + rate if sep else part)
+        return "mix:" + ",".join(parts)
     for prefix in SOURCE_PREFIXES:
         if source.startswith(prefix):
             return prefix + resolve_path(source[len(prefix):], base)
@@ -85,7 +95,12 @@ def resolve_paths(c: ml_collections.ConfigDict, base: str | None = None,
             node = node.get(g) if isinstance(node, ml_collections.ConfigDict) else None
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node or not isinstance(node[leaf], str):
             continue
-        node[leaf] = resolve_source(node[leaf], base) if kind == "source" else resolve_path(node[leaf], base)
+        if kind == "source":
+            node[leaf] = resolve_source(node[leaf], base)
+        elif kind == "paths":
+            node[leaf] = ",".join(resolve_path(p.strip(), base) for p in node[leaf].split(","))
+        else:
+            node[leaf] = resolve_path(node[leaf], base)
     return out
 
 
@@ -135,13 +150,20 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(dict(
         seq_len=128,
-        source="math_noisy",  # a corpus/mixture name of rho_jax.data, or 'random' (benchmarks)
+        source="math_noisy",  # registered SeqIO task/mixture, jsonl:GLOB, parquet:GLOB or mix:SPEC=RATE,...
         vocab="",  # tokenizer path ('' = the demo SentencePiece vocabulary)
         packing=True,  # pack documents with segment ids; False pads one document per row
         shuffle_seed=0,
         score_cache="",  # directory of the offline score cache (reference=cached)
         general_rate=0.3,  # math_noisy mixture: share of the general corpus
         max_rows=0,  # > 0: use only the first N packed rows of the source (small runs)
+        text_field="text",  # jsonl:/parquet: sources: the field/column holding each document's text
+        prepared="",  # directory (local or gs://) of the prepared ArrayRecord rows (`rho-jax prepare`)
+        prepare_workers=2,  # local DirectRunner worker processes
+        prepare_shard_mb=256.0,  # input shard size: uncompressed JSONL byte ranges / parquet row-group runs
+        prepare_max_shards=0,  # > 0: prepare only the first N input shards of each component (small runs)
+        beam_args="",  # extra Beam pipeline options, e.g. "--runner=DataflowRunner --project=P ..."
+        split="train",  # the split `rho-jax prepare` reads of a registered SeqIO source
     ))
 
     c.checkpoint = ml_collections.ConfigDict(dict(
@@ -156,6 +178,7 @@ def base_config() -> ml_collections.ConfigDict:
         sources="champ_clean",  # comma-separated tasks, validation split; the first drives keep_best
         batch_size=8,
         max_rows=0,  # > 0: evaluate on the first N packed rows only
+        prepared="",  # comma-separated prepared dirs (validation split), aligned with `sources`
     ))
     return c
 

@@ -1,14 +1,16 @@
 """`rho-jax demo [--config=configs/demo.py] [--config.x=v]`: the end-to-end Rho-1 demo on real text.
 
   1 tokenizer   the demo SentencePiece vocabulary (general + math corpora)
-  2 base        a small Llama, CLM on general English text           <workdir>/base
-  3 reference   the base continued on clean math (CHAMP train)        <workdir>/reference
-  4 score       the noisy mixture scored by the reference             <workdir>/scores
-  5 clm, slm    the base continued on the noisy mixture, twice:       <workdir>/clm, <workdir>/slm
-                same rows, same order, same processed tokens
-  6 eval        held-out clean-math loss along training (from the loop), GSM8K solution loss at every
+  2 prepare     every source a stage reads -> ArrayRecord rows (Beam)  <workdir>/prepared/<source>.<split>
+                (general text, clean math, the noisy mixture, the held-out eval sets)
+  3 base        a small Llama, CLM on general English text           <workdir>/base
+  4 reference   the base continued on clean math (CHAMP train)        <workdir>/reference
+  5 score       the noisy mixture scored by the reference             <workdir>/scores
+  6 clm, slm    the base continued on the noisy mixture, twice:       <workdir>/clm, <workdir>/slm
+                same rows, same order, same processed tokens (read by Grain)
+  7 eval        held-out clean-math loss along training (from the loop), GSM8K solution loss at every
                 kept checkpoint, few-shot greedy accuracy                 <workdir>/eval/*.json
-  7 report      plots, token categories, selected-token HTML, summary table   <workdir>/report/
+  8 report      plots, token categories, selected-token HTML, summary table   <workdir>/report/
 
 Rerunning reuses every finished stage whose recorded config matches (a changed config is an error
 that names the differing keys) and resumes unfinished training from its checkpoints.
@@ -52,6 +54,23 @@ def base_path(dc) -> str:
     return dc.base.checkpoint or os.path.join(dc.workdir, "base", "final")
 
 
+def prepared_path(dc, source: str, split: str = "train") -> str:
+    return os.path.join(dc.workdir, "prepared", f"{source}.{split}")
+
+
+def prepare_jobs(dc) -> list[tuple[str, str, str]]:
+    """(source, split, prepared dir) of every source a stage reads: training sources and held-out sets."""
+    train = ([] if dc.base.checkpoint else [dc.base.source]) + [dc.reference.source, dc.cpt.source]
+    held = [s.strip() for s in dc.eval.sources.split(",") if s.strip()]
+    jobs = [(s, "train") for s in dict.fromkeys(train)] + [(s, "validation") for s in dict.fromkeys(held)]
+    return [(s, sp, prepared_path(dc, s, sp)) for s, sp in jobs]
+
+
+def _heldout(dc, names: list[str]) -> dict:
+    return dict(sources=",".join(names), prepared=",".join(prepared_path(dc, n, "validation") for n in names),
+                batch_size=dc.eval.batch_size, max_rows=dc.eval.max_rows)
+
+
 def stage_config(dc, stage: str, reference_rows: int | None = None) -> ml_collections.ConfigDict:
     """The `rho_jax.config` ConfigDict of one stage (base | reference | clm | slm; slm also drives scoring).
 
@@ -61,26 +80,26 @@ def stage_config(dc, stage: str, reference_rows: int | None = None) -> ml_collec
     if stage == "base":
         b = dc.base
         c.train.update(steps=b.steps, batch_size=b.batch_size, lr=b.lr, warmup_steps=b.warmup_steps)
-        c.data.update(source=b.source, max_rows=b.steps * b.batch_size)  # one pass, no repeats
+        c.data.update(source=b.source, prepared=prepared_path(dc, b.source),
+                      max_rows=b.steps * b.batch_size)  # one pass, no repeats
     elif stage == "reference":
         r = dc.reference
         steps = max(1, math.ceil(r.epochs * (reference_rows or r.batch_size) / r.batch_size))
         c.init.target = base_path(dc)
         c.train.update(steps=steps, batch_size=r.batch_size, lr=r.lr, warmup_steps=r.warmup_steps)
-        c.data.source = r.source
-        c.eval.update(every=steps, sources=dc.eval.sources.split(",")[0], batch_size=dc.eval.batch_size,
-                      max_rows=dc.eval.max_rows)  # its held-out loss, once, at the end
+        c.data.update(source=r.source, prepared=prepared_path(dc, r.source))
+        c.eval.update(every=steps, **_heldout(dc, dc.eval.sources.split(",")[:1]))  # its held-out loss, at the end
     elif stage in ("clm", "slm"):
         p = dc.cpt
         c.init.update(target=base_path(dc), reference=os.path.join(dc.workdir, "reference", "final"))
         c.train.update(steps=p.steps, batch_size=p.batch_size, lr=p.lr, warmup_steps=p.warmup_steps,
                        log_every=min(10, p.eval_every))
-        c.data.update(source=p.source, max_rows=p.steps * p.batch_size,
+        c.data.update(source=p.source, prepared=prepared_path(dc, p.source), max_rows=p.steps * p.batch_size,
                       score_cache=os.path.join(dc.workdir, "scores"))
         # Identical but for the mode: same rows, order, steps and evaluation.
         c.objective.update(mode=stage, ratio=p.ratio, score=p.score, reference="cached")
-        c.eval.update(every=p.eval_every, sources=dc.eval.sources, batch_size=dc.eval.batch_size,
-                      max_rows=dc.eval.max_rows)
+        c.eval.update(every=p.eval_every, **_heldout(dc, [x.strip() for x in dc.eval.sources.split(",")
+                                                            if x.strip()]))
         c.checkpoint.update(every=p.checkpoint_every, keep=10_000)  # all kept: categories, solution loss
     else:
         raise ValueError(f"stage {stage!r}; expected one of {STAGES}")
@@ -275,7 +294,7 @@ def _categories(dc, m_cfg) -> dict:
     import numpy as np
 
     from rho_jax import analysis
-    from rho_jax.data.inputs import heldout_sets, training_examples
+    from rho_jax.data.inputs import heldout_rows, heldout_sets
     from rho_jax.metrics import read_metrics
 
     cfg = stage_config(dc, "clm")
@@ -283,9 +302,8 @@ def _categories(dc, m_cfg) -> dict:
     steps = analysis.checkpoint_steps(cfg.workdir)
     params = [analysis.load_checkpoint_params(cfg.workdir, s, m_cfg) for s in steps]
     xs = [_tokens_at(rows, s, cfg) for s in steps]
-    noisy = training_examples(cfg)[0]
     sets = {"heldout": next(iter(heldout_sets(cfg).values())),
-            "noisy": {k: v[:dc.analysis.category_rows] for k, v in noisy.items()}}
+            "noisy": heldout_rows(cfg, cfg.data.prepared, dc.analysis.category_rows)}
     out = {}
     for name, ex in sets.items():
         losses_KxT = analysis.token_losses(m_cfg, params, ex, dc.eval.batch_size).reshape(len(params), -1)
@@ -302,11 +320,11 @@ def _selected_page(dc, base_params, m_cfg, path: str) -> str:
     import numpy as np
 
     from rho_jax import analysis, objective
-    from rho_jax.data.inputs import training_examples
+    from rho_jax.data.inputs import heldout_rows
     from rho_jax.loop import load_model
 
     cfg = stage_config(dc, "slm")
-    ex = {k: v[:dc.analysis.html_rows] for k, v in training_examples(cfg)[0].items()}
+    ex = heldout_rows(cfg, cfg.data.prepared, dc.analysis.html_rows)
     r_cfg, r_params = load_model(cfg.init.reference, "reference")
     ce = analysis.token_losses(m_cfg, [base_params], ex, dc.eval.batch_size)[0]
     ref_ce = analysis.token_losses(r_cfg, [r_params], ex, dc.eval.batch_size)[0]
@@ -470,7 +488,8 @@ def _say(msg: str) -> None:
 
 def run(dc) -> dict:
     """Runs (or reuses) every stage into dc.workdir; returns the summary (also <workdir>/report/summary.json)."""
-    from rho_jax.data import inputs, score_job
+    from rho_jax import score_job
+    from rho_jax.data import prepare, rows
     from rho_jax.data.vocab import demo_vocab_path
 
     import jax
@@ -497,51 +516,64 @@ def run(dc) -> dict:
             timings_path.write_text(json.dumps(timings, indent=1))
         return out
 
-    _say("stage 1/7 tokenizer")
+    _say("stage 1/8 tokenizer")
     if not dc.data.vocab:
         path = timed("tokenizer", demo_vocab_path, keep=True)  # shared by all workdirs, trained once
         _say(f"  demo SentencePiece vocabulary: {path}")
 
+    jobs = prepare_jobs(dc)
+    todo = [j for j in jobs if not (Path(j[2]) / rows.MANIFEST).exists() and not (Path(j[2]) / rows.MIXTURE).exists()]
+    _say(f"stage 2/8 prepare: {len(jobs) - len(todo)} of {len(jobs)} sources already prepared")
+
+    def prepare_all():
+        pc = _common(dc, "prepare")
+        pc.data.prepare_shard_mb = dc.data.prepare_shard_mb
+        for source, split, out in jobs:  # a finished one is checked and reused (O(shards))
+            res = prepare.run(pc, source=source, split=split, out=out)
+            n = sum(sum(s["rows"] for s in m["shards"]) for _, m in res["components"])
+            _say(f"  {source} ({split}): {n} rows of {dc.data.seq_len} in {out}")
+
+    timed("prepare", prepare_all, keep=not todo)
+
     if dc.base.checkpoint:
-        _say(f"stage 2/7 base: using {dc.base.checkpoint}")
+        _say(f"stage 3/8 base: using {dc.base.checkpoint}")
     else:
         cfg = stage_config(dc, "base")
         if stage_done(cfg):
-            _say(f"stage 2/7 base: reusing {cfg.workdir}/final")
+            _say(f"stage 3/8 base: reusing {cfg.workdir}/final")
         else:
-            _say(f"stage 2/7 base: CLM on {cfg.data.source}, {cfg.train.steps} steps")
+            _say(f"stage 3/8 base: CLM on {cfg.data.source}, {cfg.train.steps} steps")
             timed("base", lambda: train_stage(cfg, "base"))
 
-    probe = stage_config(dc, "reference")
-    rows = len(inputs.training_examples(probe)[0]["tokens"])
-    cfg = stage_config(dc, "reference", reference_rows=rows)
+    n_ref = sum(s["rows"] for s in rows.read_manifest(prepared_path(dc, dc.reference.source))["shards"])
+    cfg = stage_config(dc, "reference", reference_rows=n_ref)
     if stage_done(cfg):
-        _say(f"stage 3/7 reference: reusing {cfg.workdir}/final")
+        _say(f"stage 4/8 reference: reusing {cfg.workdir}/final")
     else:
-        _say(f"stage 3/7 reference: {dc.reference.epochs} epochs of {rows} rows of {cfg.data.source}, "
+        _say(f"stage 4/8 reference: {dc.reference.epochs} epochs of {n_ref} rows of {cfg.data.source}, "
              f"{cfg.train.steps} steps")
         timed("reference", lambda: train_stage(cfg, "reference"))
 
     cfg = stage_config(dc, "slm")
-    done = Path(cfg.data.score_cache, "manifest.json")
-    done = done.exists() and json.loads(done.read_text()).get("complete")
-    _say(f"stage 4/7 score: {'reusing (fingerprint checked)' if done else cfg.data.source + ' with the reference ->'} "
-         f"{cfg.data.score_cache}")
-    manifest = score_job.run(cfg) if done else timed("score", lambda: score_job.run(cfg))
-    _say(f"  score cache: {manifest['num_examples']} rows, fingerprint {manifest['fingerprint'][:12]}")
+    done = Path(cfg.data.score_cache).exists()
+    _say(f"stage 5/8 score: the rows of {cfg.data.source} that CLM/SLM read, with the reference -> "
+         f"{cfg.data.score_cache}{' (resuming or reusing: shards checked)' if done else ''}")
+    manifests = timed("score", lambda: score_job.run(cfg), keep=done)
+    _say("  scores: " + ", ".join(f"{m['rows']} rows in {len(m['shards'])} shards of {m['prepared']}"
+                                  for m in manifests))
 
     for mode in ("clm", "slm"):
         cfg = stage_config(dc, mode)
         if stage_done(cfg):
-            _say(f"stage 5/7 {mode}: reusing {cfg.workdir}/final")
+            _say(f"stage 6/8 {mode}: reusing {cfg.workdir}/final")
             continue
-        _say(f"stage 5/7 {mode}: continual pretraining on {cfg.data.source}, {cfg.train.steps} steps"
+        _say(f"stage 6/8 {mode}: continual pretraining on {cfg.data.source}, {cfg.train.steps} steps"
              + (f", ratio {cfg.objective.ratio}" if mode == "slm" else ""))
         timed(mode, lambda: train_stage(cfg, mode))
 
-    _say("stage 6/7 eval")
+    _say("stage 7/8 eval")
     evals = timed("eval", lambda: evaluate_runs(dc), keep=all(evaluated(dc)))
-    _say("stage 7/7 report")
+    _say("stage 8/8 report")
     summary = timed("report", lambda: write_report(dc, evals, timings))
     print(table_text(summary), flush=True)
     _say(f"report: {os.path.join(dc.workdir, 'report', 'report.md')}; this run took "

@@ -285,12 +285,13 @@ def run_tasks(cfg, params, tokenizer, tasks: list[str], limit: int | None = None
     results = {}
     for task in tasks:
         if task.startswith("heldout:"):
-            from rho_jax.data.inputs import training_examples
+            from rho_jax.data.inputs import heldout_dirs, heldout_rows
 
             if heldout_config is None:
                 raise ValueError(f"task {task} needs a data config (a training workdir's config.json)")
-            source = task.split(":", 1)[1]
-            examples, _ = training_examples(heldout_config, "validation", source, limit or 0)
+            source = task.split(":", 1)[1]  # an eval source of the run's config, or a prepared directory
+            prepared = heldout_dirs(heldout_config).get(source, source) if heldout_config.eval.prepared else source
+            examples = heldout_rows(heldout_config, prepared, limit or 0)
             results[task] = {"loss": heldout_loss(cfg, params, examples, batch_size), "rows": len(examples["tokens"])}
             continue
         if task not in TASK_PROMPTS:

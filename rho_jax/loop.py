@@ -14,12 +14,10 @@ Order of work in `run`:
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rho_jax import checkpoint as ckpt
@@ -32,19 +30,7 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def load_model(path: str, what: str):
-    """(ModelConfig, host params) from an HF dir, a .gguf file or an Orbax model dir."""
-    if ckpt.is_model_dir(path):
-        cfg, params = ckpt.load_model(path)
-        return cfg, jax.tree.map(np.asarray, params)
-    if "://" in path:
-        raise FileNotFoundError(f"config.init.{what}={path!r}: remote paths must be Orbax model dirs (made by "
-                                f"`rho-jax convert SRC DST --to=orbax`); HF dirs and .gguf files must be local")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config.init.{what}={path!r} does not exist")
-    from rho_jax.interop import load_pretrained
-
-    return load_pretrained(path)
+load_model = ckpt.load_weights  # (ModelConfig, host params) from an HF dir, a .gguf or an Orbax dir
 
 
 def build_models(config):

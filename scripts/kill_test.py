@@ -43,10 +43,30 @@ def make_reference_model(directory: Path, seed: int = 1) -> Path:
     return directory
 
 
-def train_overrides(workdir: Path, reference: Path, steps: int = 12, **extra) -> list[str]:
+def make_prepared(directory: Path, documents: int = 200, seq_len: int = 32, shards: int = 3, first: int = 0) -> Path:
+    """A prepared directory (`rho-jax prepare` output) of CHAMP noisy-math documents [first, first + documents):
+    real text, the demo vocabulary, about `shards` ArrayRecord shards. Reused when it exists."""
+    sys.path.insert(0, str(ROOT))
+    from rho_jax.data import corpora, inputs, prepare, rows
+
+    if not (directory / rows.MANIFEST).exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        src = corpora.export("champ_noisy", "train")
+        subset = directory.parent / f"{directory.name}.jsonl"
+        with open(src) as f, open(subset, "w") as out:
+            for i, line in zip(range(first + documents), f):
+                if i >= first:
+                    out.write(line)
+        prepare.prepare(f"jsonl:{subset}", str(directory), tokenizer=str(inputs.tokenizer_path("")),
+                        vocab_identity=inputs.vocabulary_identity(""), seq_len=seq_len,
+                        shard_bytes=subset.stat().st_size // shards + 1)
+    return directory
+
+
+def train_overrides(workdir: Path, reference: Path, prepared: Path, steps: int = 12, **extra) -> list[str]:
     """CLI flags of the small online-SLM run every resume check uses (checkpoint every step)."""
     flags = {"objective.mode": "slm", "objective.reference": "online", "init.reference": str(reference),
-             "data.max_rows": 64, "data.seq_len": 32, "train.steps": steps, "train.log_every": 1,
+             "data.prepared": str(prepared), "data.max_rows": 64, "data.seq_len": 32, "train.steps": steps, "train.log_every": 1,
              "checkpoint.every": 1, "workdir": str(workdir)}
     flags.update(extra)
     return ["train", f"--config={ROOT / 'configs' / 'tiny.py'}"] + [f"--config.{k}={v}" for k, v in flags.items()]
@@ -164,8 +184,9 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     env = cli_env(1, root / "jax_cache")
     reference = make_reference_model(root / "reference_model")
+    prepared = make_prepared(root / "prepared")
     t0 = time.perf_counter()
-    res = run(train_overrides(root / "uninterrupted", reference, args.steps), env, root / "uninterrupted.log")
+    res = run(train_overrides(root / "uninterrupted", reference, prepared, args.steps), env, root / "uninterrupted.log")
     if res.returncode != 0:
         print(res.stdout[-3000:])
         raise SystemExit(f"the uninterrupted run failed (rc={res.returncode})")
@@ -174,9 +195,9 @@ def main(argv=None) -> int:
     for i in range(args.trials):
         wd, log = root / f"trial{i:02d}", root / f"trial{i:02d}.log"
         step, during = rng.randint(1, args.steps - 1), rng.random() < 0.5
-        proc = start(train_overrides(wd, reference, args.steps), env, log)
+        proc = start(train_overrides(wd, reference, prepared, args.steps), env, log)
         how = kill_at(proc, wd / "checkpoints", step, during, rng)
-        res = run(train_overrides(wd, reference, args.steps), env, log)
+        res = run(train_overrides(wd, reference, prepared, args.steps), env, log)
         same = res.returncode == 0 and bit_identical(final_params(wd), expected)
         results.append({"trial": i, "kill_step": step, "how": how, "resumed_from": resumed_from(res.stdout),
                         "rc": res.returncode, "bit_identical": same})

@@ -5,3 +5,28 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def _prepared(tmp_path_factory, seq_len: int):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import kill_test
+
+    return kill_test.make_prepared(tmp_path_factory.mktemp("prepared") / f"seq{seq_len}", seq_len=seq_len)
+
+
+@pytest.fixture(scope="session")
+def prepared32(tmp_path_factory):
+    """`rho-jax prepare` output (seq_len 32, demo vocabulary) of 200 real noisy-math documents, shared."""
+    return _prepared(tmp_path_factory, 32)
+
+
+@pytest.fixture(scope="session")
+def prepared64(tmp_path_factory):
+    """The same documents prepared at seq_len 64."""
+    return _prepared(tmp_path_factory, 64)

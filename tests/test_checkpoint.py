@@ -97,11 +97,12 @@ def test_a_save_killed_mid_way_is_ignored_and_cleaned_when_writing_starts(saved)
 
 # --- the loop (in this process: 8 simulated devices) ---
 
-def small_config(tmp_path, name: str, steps: int):
-    """A tiny CLM run from a saved random model (numpy init: no init compile), checkpointing every step."""
+def small_config(tmp_path, name: str, steps: int, prepared):
+    """A tiny CLM run on prepared rows from a saved random model (numpy init: no init compile), checkpointing
+    every step."""
     c = config_lib.base_config()
     c.model.update(vocab_size=4096, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_positions=64)
-    c.data.update(seq_len=32, max_rows=64)
+    c.data.update(seq_len=32, max_rows=64, prepared=str(prepared))
     c.train.update(steps=steps, batch_size=8, lr=1e-3, warmup_steps=1, log_every=1)
     c.objective.mode = "clm"
     c.checkpoint.every = 1
@@ -120,14 +121,14 @@ def random_model_dir(path: Path, c, nan_token: int | None = None) -> str:
 
 
 @pytest.mark.slow
-def test_resume_on_another_mesh_gives_the_same_next_step_loss(tmp_path):
-    c8 = small_config(tmp_path, "mesh8", steps=3)
+def test_resume_on_another_mesh_gives_the_same_next_step_loss(tmp_path, prepared32):
+    c8 = small_config(tmp_path, "mesh8", steps=3, prepared=prepared32)
     c8.mesh.update(data=2, fsdp=2, tensor=2)
     c8.init.target = random_model_dir(tmp_path / "init", c8)
     loop.run(c8)
     loss8 = read_metrics(c8.workdir)[-1]
 
-    c1 = small_config(tmp_path, "mesh1", steps=3)
+    c1 = small_config(tmp_path, "mesh1", steps=3, prepared=prepared32)
     c1.init.target = c8.init.target
     shutil.copytree(tmp_path / "mesh8" / "checkpoints" / "2", tmp_path / "mesh1" / "checkpoints" / "2")
     one_device = loop.Trainer(c1, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
@@ -146,14 +147,14 @@ def nan_target(tmp_path, c, nan_step: int) -> str:
     from rho_jax.data.inputs import input_for_training
 
     pipe = input_for_training(c)
-    seen = [set(np.unique(pipe.batch_at(s)["tokens"]).tolist()) for s in range(c.train.steps)]
+    seen = [set(np.unique(next(pipe)["tokens"]).tolist()) for _ in range(c.train.steps)]
     token = min(seen[nan_step - 1] - set().union(*(t for i, t in enumerate(seen) if i != nan_step - 1)) - {0})
     return random_model_dir(tmp_path / "nan_target", c, nan_token=token)
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint_or_skips(tmp_path):
-    stop = small_config(tmp_path, "stop", steps=5)
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint_or_skips(tmp_path, prepared32):
+    stop = small_config(tmp_path, "stop", steps=5, prepared=prepared32)
     stop.init.target = nan_target(tmp_path, stop, nan_step=3)
     trainer = loop.Trainer(stop)  # one compiled step for both policies
     with pytest.raises(loop.NonFiniteLossError, match=r"at step 3 .*last good checkpoint \(step 2 in "):
@@ -162,7 +163,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint_or_skips(t
     assert not (tmp_path / "stop" / "final").exists()
     assert [r["finite"] for r in read_metrics(stop.workdir)] == [1, 1, 0]
 
-    skip = small_config(tmp_path, "skip", steps=5)
+    skip = small_config(tmp_path, "skip", steps=5, prepared=prepared32)
     skip.init.target, skip.train.nan_policy = stop.init.target, "skip"
     out = loop.run(skip, trainer=trainer)
     assert out["step"] == 5

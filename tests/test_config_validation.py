@@ -16,11 +16,11 @@ from rho_jax import loop, model
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny(tmp_path, **model_overrides):
+def tiny(tmp_path, prepared, **model_overrides):
     c = config_lib.base_config()
     c.model.update(vocab_size=4096, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64, max_positions=64)
     c.model.update(**model_overrides)
-    c.data.update(seq_len=32, max_rows=64)
+    c.data.update(seq_len=32, max_rows=64, prepared=str(prepared))
     c.train.update(steps=2, batch_size=8)
     c.objective.update(mode="clm")
     c.workdir = str(tmp_path / "run")
@@ -117,9 +117,9 @@ def compiles():
 
 
 @pytest.mark.parametrize("break_config", list(CASES), ids=lambda f: f.__name__)
-def test_bad_config_fails_before_compile_and_writes_nothing(break_config, tmp_path, compiles):
+def test_bad_config_fails_before_compile_and_writes_nothing(break_config, tmp_path, compiles, prepared32):
     assert jax.device_count() == 8
-    c = tiny(tmp_path)
+    c = tiny(tmp_path, prepared32)
     break_config(c, tmp_path)
     model.param_shapes(config_lib.model_config(c))  # warms the one eager op it runs (jnp.zeros in model.py)
     compiles.clear()  # making model dirs above may compile; loop.run must not

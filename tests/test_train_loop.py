@@ -19,10 +19,10 @@ REQUIRED = ("step", "loss", "loss_all", "loss_unselected", "ref_loss", "excess_m
 
 
 @pytest.mark.slow
-def test_slm_online_learns_on_real_text_and_logs_every_metric(tmp_path):
+def test_slm_online_learns_on_real_text_and_logs_every_metric(tmp_path, prepared64):
     c = config_lib.base_config()
     c.model.update(vocab_size=4096, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_positions=64)
-    c.data.update(seq_len=64, source="math_noisy", max_rows=256)
+    c.data.update(seq_len=64, prepared=str(prepared64), max_rows=256)
     c.train.update(steps=50, batch_size=8, lr=3e-3, warmup_steps=5, log_every=5, peak_flops=1e12)
     c.objective.update(mode="slm", ratio=0.6, reference="online")
     c.checkpoint.every = 0
