@@ -20,9 +20,12 @@ Full sequence (gs:// paths throughout; README "Data at scale" has the Dataflow o
        tpu/run.sh --run-name slm --detach -- rho-jax train --config=configs/general_631_slm.py
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v5litepod-64 (64 chips x 197 TFLOP/s bf16 peak) at an assumed 40% MFU: 80.00B tokens x 9.01 GFLOP/token
-  (train 6.76 + selection pass 2.25) = 7.21e+20 FLOPs -> 39.7 h. Offline scoring (reference forward): 2.25
-  GFLOP/token = 1.8e+20 FLOPs -> 9.9 h.
+  v5litepod-64 (64 chips x 197 TFLOP/s bf16 peak) at an assumed 40% MFU: 80.00B tokens x 9.01
+  GFLOP/token (train 6.76 + selection pass 2.25) = 7.21e+20 FLOPs -> 39.7 h. Offline scoring (reference
+  forward): 2.25 GFLOP/token = 1.8e+20 FLOPs -> 9.9 h.
+
+The reference (your general-data model) trains outside these configs: add its training FLOPs for the
+whole-pipeline cost, as configs/tinyllama_owm_slm.py's estimate does with its REFERENCE.
 """
 
 from rho_jax.config import base_config

@@ -15,12 +15,14 @@ Full sequence: as in configs/tinyllama_owm_slm.py (prepare on Dataflow, score on
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
   v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% MFU: 15.00B tokens x 61.18 GFLOP/token
   (train 45.88 + selection pass 15.29) = 9.18e+20 FLOPs -> 21.7 h. Offline scoring (reference forward):
-  15.29 GFLOP/token = 2.29e+20 FLOPs -> 5.4 h.
+  15.29 GFLOP/token = 2.29e+20 FLOPs -> 5.4 h. Whole pipeline: reference training 6.88e+19 (v5p-128) +
+  scoring 2.29e+20 + SLM 9.18e+20 = 1.22e+21 FLOPs -> 28.7 h.
 """
 
 from rho_jax.config import base_config
 
 SLICE = "v5p-128"  # 64 v5p chips (128 TensorCores) on 16 hosts; JAX sees 64 devices
+REFERENCE = "mistral7b_owm_reference"  # the config that trains this run's reference (whole-pipeline estimate)
 BUCKET = "gs://YOUR_BUCKET"
 TOKENS = 15_000_000_000  # paper: 15B processed OpenWebMath tokens
 

@@ -23,14 +23,16 @@ Full sequence (gs:// paths throughout; README "Data at scale" has the Dataflow o
        tpu/run.sh --run-name slm --detach -- rho-jax train --config=configs/tinyllama_owm_slm.py
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v4-32 (16 chips x 275 TFLOP/s bf16 peak) at an assumed 40% MFU: 15.00B tokens x 9.01 GFLOP/token (train
-  6.76 + selection pass 2.25) = 1.35e+20 FLOPs -> 21.3 h. Offline scoring (reference forward): 2.25
-  GFLOP/token = 3.38e+19 FLOPs -> 5.3 h.
+  v4-32 (16 chips x 275 TFLOP/s bf16 peak) at an assumed 40% MFU: 15.00B tokens x 9.01 GFLOP/token
+  (train 6.76 + selection pass 2.25) = 1.35e+20 FLOPs -> 21.3 h. Offline scoring (reference forward):
+  2.25 GFLOP/token = 3.38e+19 FLOPs -> 5.3 h. Whole pipeline: reference training 1.01e+19 (v4-32) +
+  scoring 3.38e+19 + SLM 1.35e+20 = 1.79e+20 FLOPs -> 28.3 h.
 """
 
 from rho_jax.config import base_config
 
 SLICE = "v4-32"  # 16 v4 chips on 4 hosts; JAX sees 16 devices
+REFERENCE = "tinyllama_owm_reference"  # the config that trains this run's reference (whole-pipeline estimate)
 BUCKET = "gs://YOUR_BUCKET"
 TOKENS = 15_000_000_000  # paper: 15B processed OpenWebMath tokens
 

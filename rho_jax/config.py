@@ -13,12 +13,11 @@ import re
 
 import ml_collections
 
+from rho_jax.objective import SCOPES, SCORE_FUNCTIONS, WEIGHTINGS, needs_ref
 from rho_jax.sharding import DEFAULT_RULES, mesh_shape
 
 OBJECTIVE_MODES = ("clm", "slm")
-SCOPES = ("batch", "sequence")
-WEIGHTINGS = ("hard", "soft")
-REFERENCE_MODES = ("online", "cached")
+REFERENCE_MODES = ("online", "cached", "ema")
 NAN_POLICIES = ("stop", "skip")
 
 
@@ -117,18 +116,23 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.init = ml_collections.ConfigDict(dict(
         target="",  # '' = random init; else an HF dir, a .gguf file or an Orbax checkpoint dir
-        reference="",  # the reference model's checkpoint (same forms); required for online SLM
+        reference="",  # the reference model's checkpoint (same forms); required for online SLM with a
+        # score that reads a reference (not for `random` / `target_loss`, nor reference='ema')
     ))
 
     c.objective = ml_collections.ConfigDict(dict(
         mode="slm",  # clm | slm
         ratio=0.6,  # fraction of valid target tokens kept (paper: 0.6 for 1B, 0.7 for 7B)
         ratio_end=-1.0,  # < 0: constant ratio; else linear from ratio to ratio_end over train.steps
-        score="excess",  # see rho_jax.objective.SCORE_FUNCTIONS
-        scope="batch",  # batch (global top-k, the paper) | sequence (k per row)
-        weighting="hard",  # hard top-k mask | soft (softmax of the score / temperature, mean 1)
+        score="excess",  # see rho_jax.objective.SCORE_FUNCTIONS; target_loss needs no reference (ESLM)
+        scope="batch",  # batch (global top-k, the paper) | sequence (k per row) | document (whole segments)
+        weighting="hard",  # hard top-k mask | soft (softmax of the score / temperature, mean 1) | prob (DFT)
         temperature=1.0,  # soft weighting only
         reference="online",  # online (reference forward in the step) | cached (ref_ce from the score cache)
+        # | ema (an EMA of the target, kept in the TrainState; with reverse_excess: ssToken)
+        ema_decay=0.999,  # reference='ema': ema <- decay * ema + (1 - decay) * params after each update
+        goldfish_k=0,  # > 0: Goldfish loss, drop ~1/k of target tokens by a hash of their context (k >= 2)
+        goldfish_h=13,  # Goldfish context: the h tokens preceding the target
         ce_chunk=0,  # > 0: vocabulary-chunked CE that never holds f32 [B, L, V] logits
     ))
 
@@ -203,8 +207,6 @@ def _check_keys(c, schema, path="config"):
 
 def validate(c: ml_collections.ConfigDict, n_devices: int | None = None) -> None:
     """Checks a config before any compute; each problem gets its own error that names it."""
-    from rho_jax import objective
-
     _check_keys(c, base_config())
     o = c.objective
     if o.mode not in OBJECTIVE_MODES:
@@ -213,9 +215,9 @@ def validate(c: ml_collections.ConfigDict, n_devices: int | None = None) -> None
         r = o[name]
         if not 0.0 < r <= 1.0:
             raise ConfigError(f"config.objective.{name}={r} is outside (0, 1]")
-    if o.score not in objective.SCORE_FUNCTIONS:
+    if o.score not in SCORE_FUNCTIONS:
         raise ConfigError(f"config.objective.score={o.score!r} is not a score function; "
-                          f"expected one of {objective.SCORE_FUNCTIONS}")
+                          f"expected one of {SCORE_FUNCTIONS}")
     if o.scope not in SCOPES:
         raise ConfigError(f"config.objective.scope={o.scope!r}; expected one of {SCOPES}")
     if o.weighting not in WEIGHTINGS:
@@ -224,6 +226,14 @@ def validate(c: ml_collections.ConfigDict, n_devices: int | None = None) -> None
         raise ConfigError(f"config.objective.reference={o.reference!r}; expected one of {REFERENCE_MODES}")
     if o.weighting == "soft" and o.temperature <= 0:
         raise ConfigError(f"config.objective.temperature={o.temperature} must be > 0 for soft weighting")
+    if o.mode == "slm" and o.reference == "ema" and not needs_ref(o.score):
+        raise ConfigError(f"config.objective.reference='ema' with score={o.score!r}, which reads no reference; "
+                          f"use a reference score (e.g. reverse_excess) or another reference mode")
+    if not 0.0 <= o.ema_decay < 1.0:
+        raise ConfigError(f"config.objective.ema_decay={o.ema_decay} is outside [0, 1)")
+    if o.goldfish_k < 0 or o.goldfish_k == 1 or (o.goldfish_k and o.goldfish_h < 1):
+        raise ConfigError(f"config.objective.goldfish_k={o.goldfish_k}, goldfish_h={o.goldfish_h}: use k = 0 (off) "
+                          f"or k >= 2 (drop ~1/k of tokens) with h >= 1 context tokens")
     t = c.train
     if t.nan_policy not in NAN_POLICIES:
         raise ConfigError(f"config.train.nan_policy={t.nan_policy!r}; expected one of {NAN_POLICIES}")

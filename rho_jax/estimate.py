@@ -5,9 +5,12 @@ Per processed token, inside one train step (the usual model-FLOPs count, as in `
   selection  2·N + 2·L·s·d   SLM with grad_accum > 1 only: the no-grad pass that scores every
                              micro-batch before the gradient pass, so the top-k sees the global batch
   reference  2·N + 2·L·s·d   SLM with reference='online' only (the reference model's forward)
+  ema        2·N + 2·L·s·d   SLM with reference='ema' only (the forward of the target's EMA)
 With reference='cached' the reference forward runs once, offline, in the scoring job instead
-(`score_*` fields). Time = FLOPs / (chips · peak · MFU); the MFU is an assumption, stated with
-the numbers. Recomputation under remat is not counted (the MFU convention: model FLOPs only).
+(`score_*` fields). An SLM plan with its reference run adds the reference's training: the whole
+pipeline is reference training + scoring + SLM (`Pipeline`). Time = FLOPs / (chips · peak · MFU);
+the MFU is an assumption, stated with the numbers. Recomputation under remat is not counted (the
+MFU convention: model FLOPs only). Per-stage rules: `rho_jax.flops.step_flops_per_token`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from rho_jax import config as config_lib
-from rho_jax import flops
+from rho_jax import flops, train
 
 ASSUMED_MFU = 0.4
 
@@ -57,10 +60,12 @@ class RunEstimate:
     selection_flops_per_token: float
     reference_flops_per_token: float
     score_flops_per_token: float  # offline scoring job (reference='cached'), 0 otherwise
+    ema_flops_per_token: float = 0.0  # reference='ema': the EMA's forward in the step
 
     @property
     def step_flops_per_token(self) -> float:
-        return self.train_flops_per_token + self.selection_flops_per_token + self.reference_flops_per_token
+        return (self.train_flops_per_token + self.selection_flops_per_token + self.reference_flops_per_token
+                + self.ema_flops_per_token)
 
     @property
     def total_flops(self) -> float:
@@ -89,20 +94,36 @@ def estimate(config, slice_name: str, mfu: float = ASSUMED_MFU) -> RunEstimate:
     s = SLICES[slice_name]
     cfg = config_lib.model_config(config)
     seq = config.data.seq_len
-    o, t = config.objective, config.train
-    slm = o.mode == "slm"
-    forward = flops.reference_flops_per_token(cfg, seq)  # one forward of this shape; the reference shares it
+    spec = train.StepSpec.from_config(config, cfg, cfg)  # the reference shares the target's shape
+    stage = flops.step_flops_per_token(spec, seq)
     return RunEstimate(
         slice_name=slice_name, chips=s.chips, peak_flops=s.peak_flops, mfu=mfu,
-        tokens=t.steps * t.batch_size * seq,
-        train_flops_per_token=flops.train_flops_per_token(cfg, seq),
-        selection_flops_per_token=forward if slm and t.grad_accum > 1 else 0.0,
-        reference_flops_per_token=forward if slm and o.reference == "online" else 0.0,
-        score_flops_per_token=forward if slm and o.reference == "cached" else 0.0)
+        tokens=config.train.steps * config.train.batch_size * seq,
+        train_flops_per_token=stage["train_flops"], selection_flops_per_token=stage["selection_flops"],
+        reference_flops_per_token=stage["reference_flops"], ema_flops_per_token=stage["ema_reference_flops"],
+        score_flops_per_token=flops.reference_flops_per_token(cfg, seq) if spec.cached else 0.0)
 
 
-def summary(config, slice_name: str, mfu: float = ASSUMED_MFU) -> str:
-    """One paragraph for a config's docstring; tests check that the docstring contains it verbatim."""
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """The whole Rho-1 run: the reference's training, the offline scoring, the SLM run."""
+
+    reference: RunEstimate  # the reference run's own estimate (its config and slice)
+    slm: RunEstimate
+
+    @property
+    def total_flops(self) -> float:
+        return self.reference.total_flops + self.slm.score_flops + self.slm.total_flops
+
+    @property
+    def hours(self) -> float:
+        return self.reference.train_hours + self.slm.score_hours + self.slm.train_hours
+
+
+def summary(config, slice_name: str, mfu: float = ASSUMED_MFU, reference: RunEstimate | None = None) -> str:
+    """One paragraph for a config's docstring; tests check that the docstring contains it verbatim.
+
+    `reference`: the estimate of the SLM run's reference training, for the whole-pipeline line."""
     e = estimate(config, slice_name, mfu)
     g = 1e9
     parts = [f"train {e.train_flops_per_token / g:.2f}"]
@@ -110,10 +131,17 @@ def summary(config, slice_name: str, mfu: float = ASSUMED_MFU) -> str:
         parts.append(f"selection pass {e.selection_flops_per_token / g:.2f}")
     if e.reference_flops_per_token:
         parts.append(f"online reference {e.reference_flops_per_token / g:.2f}")
+    if e.ema_flops_per_token:
+        parts.append(f"EMA reference {e.ema_flops_per_token / g:.2f}")
     text = (f"{slice_name} ({e.chips} chips x {e.peak_flops / 1e12:.0f} TFLOP/s bf16 peak) at an assumed "
             f"{e.mfu:.0%} MFU: {e.tokens / g:.2f}B tokens x {e.step_flops_per_token / g:.2f} GFLOP/token "
             f"({' + '.join(parts)}) = {e.total_flops:.3g} FLOPs -> {e.train_hours:.1f} h.")
     if e.score_flops_per_token:
         text += (f" Offline scoring (reference forward): {e.score_flops_per_token / g:.2f} GFLOP/token = "
                  f"{e.score_flops:.3g} FLOPs -> {e.score_hours:.1f} h.")
+    if reference is not None:
+        p = Pipeline(reference, e)
+        text += (f" Whole pipeline: reference training {reference.total_flops:.3g} ({reference.slice_name}) + "
+                 f"scoring {e.score_flops:.3g} + SLM {e.total_flops:.3g} = {p.total_flops:.3g} FLOPs -> "
+                 f"{p.hours:.1f} h.")
     return text

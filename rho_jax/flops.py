@@ -5,9 +5,21 @@ Per processed token (model FLOPs: 2 per multiply-add, backward = 2x forward):
   reference  ≈ 2·N_matmul + 2·L·s·d   (one forward)
 where N_matmul counts matmul parameters (layers + LM head, not the embedding lookup), L the
 layers, s the sequence length and d the attention width (heads × head_dim).
+
+Stages of a Rho-1 pipeline, each counted in metrics rows (`STAGES`, cumulative FLOPs):
+  train_flops            the target's forward + backward, every processed token
+  selection_flops        SLM with grad_accum > 1: the no-grad pass that scores every micro-batch
+  reference_flops        reference='online': the reference forward
+  ema_reference_flops    reference='ema': the forward of the target's EMA
+Outside the SLM run: the reference's own training (its run's metrics) and the offline scoring
+job (`scoring_flops`). `compute_ratio` turns the rows into Y = (SLM to reach CLM's final loss +
+reference training + scoring) / CLM.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import jax
 
@@ -44,6 +56,91 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
 
 def reference_flops_per_token(cfg, seq_len: int) -> float:
     return 2.0 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len, 1)
+
+
+STAGES = ("train_flops", "selection_flops", "reference_flops", "ema_reference_flops")
+
+
+def step_flops_per_token(spec, seq_len: int) -> dict[str, float]:
+    """FLOPs per processed token of each in-step stage (keys: `STAGES`) for a `train.StepSpec`."""
+    t = spec.model
+    forward = reference_flops_per_token(t, seq_len)
+    return {
+        "train_flops": train_flops_per_token(t, seq_len),
+        "selection_flops": forward if spec.slm and spec.grad_accum > 1 else 0.0,
+        "reference_flops": reference_flops_per_token(spec.ref_model, seq_len) if spec.online else 0.0,
+        "ema_reference_flops": forward if spec.ema else 0.0,
+    }
+
+
+def scoring_flops(ref_cfg, seq_len: int, n_tokens: int) -> float:
+    """FLOPs of the offline scoring job: one reference forward over `n_tokens` packed positions
+    (rows x seq_len, padding included, as the job runs them). The entropy is not counted (O(V) per
+    token, next to the 2·N_matmul of the forward)."""
+    return float(n_tokens) * reference_flops_per_token(ref_cfg, seq_len)
+
+
+def total_flops(row: dict) -> float:
+    """Cumulative in-step FLOPs of a metrics row: the sum of its `STAGES` counters."""
+    return float(sum(row.get(k, 0.0) for k in STAGES))
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeRatio:
+    """SLM vs CLM at CLM's final loss; `reached` False when SLM never gets there (Y is then None)."""
+
+    clm_final_loss: float
+    clm_flops: float  # CLM's whole run, in-step FLOPs
+    clm_tokens: int
+    slm_step: int | None  # first logged SLM step with loss <= clm_final_loss
+    slm_flops: float | None  # SLM's in-step FLOPs up to that step (online / EMA reference included)
+    slm_tokens: int | None  # processed tokens up to that step
+    reference_training_flops: float
+    scoring_flops: float
+
+    @property
+    def reached(self) -> bool:
+        return self.slm_step is not None
+
+    @property
+    def token_ratio(self) -> float | None:
+        """X: SLM's processed tokens to reach CLM's final loss / CLM's processed tokens."""
+        return self.slm_tokens / self.clm_tokens if self.reached else None
+
+    @property
+    def y(self) -> float | None:
+        """Y: (SLM FLOPs to reach it + reference training + scoring) / CLM's FLOPs."""
+        if not self.reached:
+            return None
+        return (self.slm_flops + self.reference_training_flops + self.scoring_flops) / self.clm_flops
+
+
+def compute_ratio(slm_rows, clm_rows, reference_rows=(), scoring: float = 0.0,
+                  loss_key: str = "eval_loss") -> ComputeRatio:
+    """Y from metrics rows (`metrics.read_metrics`), with exact cumulative counters.
+
+    CLM's final loss is its last row carrying `loss_key`; SLM reaches it at its first row with
+    loss <= that (at the granularity of the logged evaluations). Reference training = the
+    reference run's own in-step FLOPs at its last row; `scoring` = `scoring_flops` of the job that
+    scored the SLM corpus (0 for online / EMA references, whose cost is already in the SLM rows).
+    """
+    clm = [r for r in clm_rows if _number(r.get(loss_key))]
+    if not clm:
+        raise ValueError(f"the CLM metrics have no {loss_key!r} rows; set config.eval.every > 0")
+    final = clm[-1]
+    hit = next((r for r in slm_rows if _number(r.get(loss_key)) and r[loss_key] <= final[loss_key]), None)
+    return ComputeRatio(
+        clm_final_loss=float(final[loss_key]), clm_flops=total_flops(final),
+        clm_tokens=int(final["tokens_processed"]),
+        slm_step=None if hit is None else int(hit["step"]),
+        slm_flops=None if hit is None else total_flops(hit),
+        slm_tokens=None if hit is None else int(hit["tokens_processed"]),
+        reference_training_flops=total_flops(reference_rows[-1]) if reference_rows else 0.0,
+        scoring_flops=float(scoring))
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def device_peak_flops(device: jax.Device | None = None, override: float = 0.0) -> float:

@@ -43,10 +43,10 @@ def build_models(config):
         t_cfg, t_params = config_lib.model_config(config), None
     r_cfg = r_params = None
     o = config.objective
-    if o.mode == "slm" and o.reference == "online":
+    if o.mode == "slm" and o.reference == "online" and config_lib.needs_ref(o.score):
         if not config.init.reference:
-            raise config_lib.ConfigError("config.objective.reference='online' needs config.init.reference "
-                                         "(a reference checkpoint: Orbax dir, HF dir or .gguf)")
+            raise config_lib.ConfigError(f"config.objective.reference='online' with score={o.score!r} needs "
+                                         "config.init.reference (a reference checkpoint: Orbax dir, HF dir or .gguf)")
         r_cfg, r_params = load_model(config.init.reference, "reference")
         r_cfg = r_cfg.replace(**overrides)
     config_lib.check_compatible(config, t_cfg, r_cfg)
@@ -88,6 +88,27 @@ def check_workdir_model(workdir: str, t_cfg) -> None:
             + "; use a new config.workdir or the workdir's model settings")
 
 
+def warn_if_same_params(target_params, ref_params, samples: int = 1024) -> bool:
+    """Prints a WARNING (and returns True) when the online reference looks identical to the target:
+    same structure and shapes, and equal values at up to `samples` evenly spaced entries of every
+    array (cheap at any size). Excess loss is then 0 everywhere and the selection is arbitrary."""
+    if target_params is None or ref_params is None:
+        return False  # a randomly initialised target
+    t_leaves, t_def = jax.tree.flatten(target_params)
+    r_leaves, r_def = jax.tree.flatten(ref_params)
+    if t_def != r_def or any(np.shape(a) != np.shape(b) for a, b in zip(t_leaves, r_leaves)):
+        return False
+    for a, b in zip(t_leaves, r_leaves):
+        a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+        idx = np.linspace(0, a.size - 1, min(samples, a.size)).astype(np.int64)
+        if not np.array_equal(a[idx], b[idx]):
+            return False
+    print("WARNING: the reference params look identical to the target's (config.init.reference and "
+          "config.init.target hold the same weights?): excess loss is 0 for every token and SLM selects "
+          "arbitrarily. Train the reference on clean data first.", flush=True)
+    return True
+
+
 class Trainer:
     """Holds the compiled step and everything static; `train_step(state, batch)` is the pure step."""
 
@@ -105,9 +126,9 @@ class Trainer:
         self.ref_params = None
         if self.spec.online:
             self.ref_params = train.place(r_params, self.step_fn.ref_shardings)
-        seq = config.data.seq_len
-        self.train_flops_per_token = flops.train_flops_per_token(t_cfg, seq)
-        self.ref_flops_per_token = flops.reference_flops_per_token(r_cfg, seq) if r_cfg is not None else 0.0
+        self.stage_flops = flops.step_flops_per_token(self.spec, config.data.seq_len)  # per token, by stage
+        if self.spec.online:
+            warn_if_same_params(t_params, r_params)
         self.peak = flops.device_peak_flops(override=config.train.peak_flops)
 
     def init_state(self) -> train.TrainState:
@@ -197,8 +218,7 @@ def _run(config, make_input, trainer, preempt) -> dict:
     _trim_metrics(workdir, restored[2] if restored is not None else 0)
     writer = MetricsWriter(workdir)
     batch_tokens = tc.batch_size * config.data.seq_len
-    ref_flops_per_token = trainer.ref_flops_per_token if trainer.spec.online else 0.0
-    flops_per_step = batch_tokens * (trainer.train_flops_per_token + ref_flops_per_token)
+    flops_per_step = batch_tokens * sum(trainer.stage_flops.values())
     step = int(state.step)
     row: dict = {}
     last_eval: dict = {}
@@ -240,8 +260,7 @@ def _run(config, make_input, trainer, preempt) -> dict:
                   flush=True)
         counters.tokens_processed += batch_tokens
         counters.tokens_selected += int(metrics["n_selected"])
-        counters.train_flops += trainer.train_flops_per_token * batch_tokens
-        counters.reference_flops += ref_flops_per_token * batch_tokens
+        counters.add_step(trainer.stage_flops, batch_tokens)
         log_now = step % tc.log_every == 0 or step == tc.steps
         eval_now = bool(heldout) and (step % config.eval.every == 0 or step == tc.steps)
         if log_now or eval_now:

@@ -20,8 +20,16 @@ import numpy as np
 class Counters:
     tokens_processed: int = 0  # token positions run through the target model (B * L per step)
     tokens_selected: int = 0  # target tokens that contributed to the loss
+    # cumulative FLOPs per in-step stage (rho_jax.flops.STAGES); older checkpoints lack the last two
     train_flops: float = 0.0
-    reference_flops: float = 0.0
+    reference_flops: float = 0.0  # online reference forward
+    selection_flops: float = 0.0  # SLM no-grad scoring pass (grad_accum > 1)
+    ema_reference_flops: float = 0.0  # forward of the EMA reference
+
+    def add_step(self, flops_per_token: dict, tokens: int) -> None:
+        """Adds one step's `tokens` at each stage's FLOPs per token (`flops.step_flops_per_token`)."""
+        for stage, per_token in flops_per_token.items():
+            setattr(self, stage, getattr(self, stage) + per_token * tokens)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -12,6 +12,12 @@ and attention: the selection only weights the loss.
 
 Selection is a global, stable sort over the whole [B, L] array (keys: invalid, NaN, -score, flat
 index), so the result is the same under any sharding, and k is computed in exact integer arithmetic.
+
+Lineage: the excess loss is RHO-LOSS's reducible holdout loss (Mindermann et al., ICML 2022,
+"Prioritized Training on Points that are Learnable, Worth Learning, and Not Yet Learnt"), which
+selects whole examples (scope="document" here); Rho-1 applies it per token. The plug-ins from the
+follow-up literature (document scope, Goldfish masking, DFT's prob weighting) live in
+`rho_jax.selection`; `target_loss` is ESLM's reference-free score.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rho_jax import selection
+
 sg = jax.lax.stop_gradient
 
 SCORE_FUNCTIONS = ("excess", "reverse_excess", "ref_loss", "ref_entropy", "random",
-                   "ref_loss_and_entropy", "ref_loss_or_entropy")
-SCOPES = ("batch", "sequence")
-WEIGHTINGS = ("hard", "soft")
+                   "ref_loss_and_entropy", "ref_loss_or_entropy", "target_loss")
+SCOPES = ("batch", "sequence", "document")  # document: selection.select_documents
+WEIGHTINGS = ("hard", "soft", "prob")  # prob: selection.prob_weights on top of the hard mask
 _RATIO_SCALE = 1_000_000  # ratios are exact to 6 decimal places
 
 
@@ -148,8 +156,9 @@ def rank_scores(score_BxL: jax.Array, valid_BxL: jax.Array, scope: str = "batch"
     Order: valid before invalid, then non-NaN before NaN, then higher score, then lower row-major
     flat index. scope="sequence" ranks within each row instead of over the whole array.
     """
-    if scope not in SCOPES:
-        raise ValueError(f"scope={scope!r}; expected one of {SCOPES}")
+    if scope not in ("batch", "sequence"):
+        raise ValueError(f"scope={scope!r}; token ranking takes 'batch' or 'sequence' "
+                         f"(scope='document' needs segment ids: selection.select_documents)")
     shape = score_BxL.shape
     valid_BxL = jnp.asarray(valid_BxL, bool)
     if scope == "batch":
@@ -185,13 +194,13 @@ def select_topk(scores, valid, ratio, scope: str = "batch") -> jax.Array:
 def needs_target_ce(name: str) -> bool:
     """Whether score `name` reads the training model's own CE (excess losses do)."""
     _check_score(name)
-    return name in ("excess", "reverse_excess")
+    return name in ("excess", "reverse_excess", "target_loss")
 
 
 def needs_ref(name: str) -> bool:
     """Whether score `name` needs the reference model's per-token CE / entropy."""
     _check_score(name)
-    return name != "random"
+    return name not in ("random", "target_loss")
 
 
 def _check_score(name):
@@ -206,6 +215,7 @@ def score_tokens(name: str, ce_BxL, ref_ce_BxL, ref_entropy_BxL, valid_BxL, rng=
     reverse_excess  -(sg(ce) - ref_ce).
     ref_loss        -ref_ce (keep tokens the reference finds easy).
     ref_entropy     -ref_entropy (keep tokens the reference is confident on).
+    target_loss     sg(ce): the tokens the model itself finds hardest, no reference (ESLM, arXiv 2505.19893).
     random          uniform [0, 1) from `rng` (control).
     ref_loss_and_entropy / ref_loss_or_entropy (int32): with r1 = rank by low ref_ce and r2 = rank by
         low ref_entropy over the valid tokens of the whole array (0 = best, ties by flat index),
@@ -221,6 +231,8 @@ def score_tokens(name: str, ce_BxL, ref_ce_BxL, ref_entropy_BxL, valid_BxL, rng=
         return sg(ce_BxL).astype(jnp.float32) - ref_ce_BxL
     if name == "reverse_excess":
         return ref_ce_BxL - sg(ce_BxL).astype(jnp.float32)
+    if name == "target_loss":
+        return sg(ce_BxL).astype(jnp.float32)
     if name == "ref_loss":
         return -jnp.asarray(ref_ce_BxL, jnp.float32)
     if name == "ref_entropy":
@@ -275,13 +287,17 @@ def masked_mean(ce_BxL, weight_BxL, denom=None) -> jax.Array:
 
 
 def slm_objective(ce_BxL, valid_BxL, ref_ce_BxL=None, ref_entropy_BxL=None, *, ratio, score: str = "excess",
-                  scope: str = "batch", weighting: str = "hard", temperature: float = 1.0, rng=None):
+                  scope: str = "batch", weighting: str = "hard", temperature: float = 1.0, rng=None,
+                  segment_ids_BxL=None):
     """Token weights for SLM and scalar stats; the loss is `masked_mean(ce_BxL, weight_BxL)`.
 
-    Returns (weight_BxL f32, stats). hard: the select_topk mask as f32 (ratio, scope apply).
-    soft: soft_weights(score, valid, temperature) (ratio and scope are ignored).
+    Returns (weight_BxL f32, stats). hard: the select_topk mask as f32 (ratio, scope apply;
+    scope="document" selects whole segments of `segment_ids_BxL`, selection.select_documents).
+    prob: the hard mask times p(target) = exp(-ce), renormalised to mean 1 over the selected tokens
+    (selection.prob_weights). soft: soft_weights(score, valid, temperature) (ratio, scope ignored).
+    Goldfish masking, if any, is already folded into `valid_BxL`.
     stats (f32 / int32 scalars, no gradient):
-      threshold          hard: lowest selected score (NaN if nothing is selected);
+      threshold          hard / prob: lowest selected score (NaN if nothing is selected);
                          soft: the score whose weight is exactly 1 (above it tokens are up-weighted).
       n_valid, n_selected (tokens with weight > 0), selected_fraction = n_selected / n_valid,
       loss_all           mean ce over valid tokens,
@@ -294,9 +310,14 @@ def slm_objective(ce_BxL, valid_BxL, ref_ce_BxL=None, ref_entropy_BxL=None, *, r
     ce = sg(jnp.asarray(ce_BxL, jnp.float32))
     raw_score_BxL = score_tokens(score, ce, ref_ce_BxL, ref_entropy_BxL, valid, rng)  # int32 for rank scores
     score_BxL = raw_score_BxL.astype(jnp.float32)
-    if weighting == "hard":
-        mask = select_topk(raw_score_BxL, valid, ratio, scope)
-        weight = mask.astype(jnp.float32)
+    if weighting in ("hard", "prob"):
+        if scope == "document":
+            if segment_ids_BxL is None:
+                raise ValueError("scope='document' needs segment_ids_BxL (the packed segments to rank)")
+            mask = selection.select_documents(score_BxL, valid, segment_ids_BxL, ratio)
+        else:
+            mask = select_topk(raw_score_BxL, valid, ratio, scope)
+        weight = mask.astype(jnp.float32) if weighting == "hard" else selection.prob_weights(ce, mask)
         threshold = jnp.min(jnp.where(mask, score_BxL, jnp.inf))
         threshold = jnp.where(jnp.any(mask), threshold, jnp.nan)
     else:

@@ -4,7 +4,8 @@ NamedShardings and a donated state.
 Per step (SLM: one target forward and backward, plus one reference forward when online):
   ref_BxL   = batch['ref_ce']                                # cached: from the score cache; online: the
                                                              # same compiled scorer (rho_jax.score) just
-                                                             # before the step, on the same micro-batches
+                                                             # before the step, on the same micro-batches;
+                                                             # ema: the EMA of the target, inside the step
   ce_BxL    = cross_entropy(target(tokens), targets)        # f32, every position is attention context
   weight_BxL = slm_objective(sg(ce), valid, ref, ratio)      # exact global top-k over the whole batch
   loss      = sum(ce * weight) / sum(weight)                 # normalised once over the global batch
@@ -28,9 +29,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from rho_jax import model, objective, sharding
+from rho_jax import model, objective, selection, sharding
 from rho_jax import score as score_lib
-from rho_jax.score import token_ce
+from rho_jax.score import reference_forward, token_ce
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions")
 
@@ -41,6 +42,7 @@ class TrainState:
     params: Any  # f32 master weights
     opt_state: Any  # f32 optimizer state
     rng: jax.Array  # PRNG key for the `random` score and future dropout
+    ema_params: Any = None  # reference='ema': f32 EMA of params, sharded like them; else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,23 +62,42 @@ class StepSpec:
     reference: str = "online"
     ce_chunk: int = 0
     grad_accum: int = 1
+    ema_decay: float = 0.999
+    goldfish_k: int = 0
+    goldfish_h: int = 13
 
     @classmethod
     def from_config(cls, config, target_cfg: model.ModelConfig, ref_cfg: model.ModelConfig | None):
         o = config.objective
-        return cls(model=target_cfg, ref_model=ref_cfg if o.mode == "slm" and o.reference == "online" else None,
+        uses_ref = o.mode == "slm" and objective.needs_ref(o.score)
+        ref_model = {"online": ref_cfg, "ema": target_cfg}.get(o.reference) if uses_ref else None
+        return cls(model=target_cfg, ref_model=ref_model,
                    mode=o.mode, ratio=float(o.ratio), ratio_end=float(o.ratio_end),
                    total_steps=int(config.train.steps), score=o.score, scope=o.scope, weighting=o.weighting,
                    temperature=float(o.temperature), reference=o.reference, ce_chunk=int(o.ce_chunk),
-                   grad_accum=int(config.train.grad_accum))
+                   grad_accum=int(config.train.grad_accum), ema_decay=float(o.ema_decay),
+                   goldfish_k=int(o.goldfish_k), goldfish_h=int(o.goldfish_h))
 
     @property
     def slm(self) -> bool:
         return self.mode == "slm"
 
     @property
+    def uses_ref(self) -> bool:
+        """Whether the score reads a reference at all (`random` and `target_loss` do not)."""
+        return self.slm and objective.needs_ref(self.score)
+
+    @property
     def online(self) -> bool:
-        return self.slm and self.reference == "online"
+        return self.uses_ref and self.reference == "online"
+
+    @property
+    def ema(self) -> bool:
+        return self.uses_ref and self.reference == "ema"
+
+    @property
+    def cached(self) -> bool:  # the data layer supplies ref_ce whatever the score (stats use it)
+        return self.slm and self.reference == "cached"
 
     @property
     def needs_entropy(self) -> bool:
@@ -113,7 +134,15 @@ def _unmicro(x):
     return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
 
-def _selection(spec: StepSpec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, rng):
+def valid_positions(spec: StepSpec, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """targets_BxL and valid_BxL: shift_targets, minus the Goldfish-dropped positions."""
+    targets_BxL, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
+    if spec.goldfish_k:
+        valid_BxL &= selection.goldfish_keep(batch["tokens"], batch["segment_ids"], spec.goldfish_k, spec.goldfish_h)
+    return targets_BxL, valid_BxL
+
+
+def _selection(spec: StepSpec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, rng, segment_ids_BxL):
     """Token weights over the whole global batch, and the objective's statistics."""
     if not spec.slm:
         return objective.clm_weights(valid_BxL), {}
@@ -121,15 +150,25 @@ def _selection(spec: StepSpec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL,
                                spec.total_steps)
     return objective.slm_objective(ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, ratio=ratio, score=spec.score,
                                    scope=spec.scope, weighting=spec.weighting, temperature=spec.temperature,
-                                   rng=rng)
+                                   rng=rng, segment_ids_BxL=segment_ids_BxL)
 
 
-def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng):
-    """Returns (loss, grads, ce_BxL, weight_BxL, stats) for one global batch (SLM: batch holds ref_ce)."""
+def loss_and_grads(spec: StepSpec, params, batch: dict, ema_params, step, rng):
+    """Returns (loss, grads, ce_BxL, weight_BxL, stats) for one global batch.
+
+    Online and cached SLM: the batch holds ref_ce (online: put there by the scorer just before the step).
+    `ema_params`: reference='ema' only, the EMA of the target, scored here under stop_gradient."""
     a = spec.grad_accum
-    targets_BxL, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
+    targets_BxL, valid_BxL = valid_positions(spec, batch)
+    seg_BxL = batch["segment_ids"]
     ref_ce_BxL = ref_ent_BxL = None
-    if spec.slm:
+    if spec.ema:
+        micro_batches = jax.tree.map(lambda x: _micro(x, a), {k: batch[k] for k in BATCH_KEYS})
+        ref = jax.lax.map(lambda mb: reference_forward(spec.ref_model, ema_params, mb, ce_chunk=spec.ce_chunk,
+                                                       with_entropy=spec.needs_entropy), micro_batches)
+        ref_ce_BxL = _unmicro(ref[0])
+        ref_ent_BxL = _unmicro(ref[1]) if spec.needs_entropy else None
+    elif spec.online or spec.cached:
         ref_ce_BxL = batch["ref_ce"]
         ref_ent_BxL = batch.get("ref_entropy") if spec.needs_entropy else None
 
@@ -140,7 +179,8 @@ def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng):
     if a == 1:
         def loss_fn(p):
             ce, _ = token_ce(spec.model, p, batch, targets_BxL, ce_chunk=spec.ce_chunk)
-            weight, stats = _selection(spec, step, jax.lax.stop_gradient(ce), valid_BxL, ref_ce_BxL, ref_ent_BxL, rng)
+            weight, stats = _selection(spec, step, jax.lax.stop_gradient(ce), valid_BxL, ref_ce_BxL, ref_ent_BxL, rng,
+                                        seg_BxL)
             return objective.masked_mean(ce, weight), (ce, weight, stats)
 
         (loss, (ce_BxL, weight_BxL, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -152,9 +192,9 @@ def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng):
         sg_params = jax.lax.stop_gradient(params)
         ce_m = jax.lax.map(lambda x: token_ce(spec.model, sg_params, x[0], x[1], ce_chunk=spec.ce_chunk)[0],
                            (mbs, targets_m))
-        weight_BxL, stats = _selection(spec, step, _unmicro(ce_m), valid_BxL, ref_ce_BxL, ref_ent_BxL, rng)
+        weight_BxL, stats = _selection(spec, step, _unmicro(ce_m), valid_BxL, ref_ce_BxL, ref_ent_BxL, rng, seg_BxL)
     else:
-        weight_BxL, stats = _selection(spec, step, None, valid_BxL, None, None, rng)
+        weight_BxL, stats = _selection(spec, step, None, valid_BxL, None, None, rng, seg_BxL)
     denom = jnp.maximum(jnp.sum(weight_BxL), 1e-9)  # once, over the global batch
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -173,16 +213,22 @@ def train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainSta
     """One optimizer update. Pure; a non-finite loss or gradient leaves params and opt_state untouched
     (metrics['finite'] == 0) so the caller can stop cleanly or skip."""
     rng, sel_rng = jax.random.split(state.rng)
-    loss, grads, ce_BxL, weight_BxL, stats = loss_and_grads(spec, state.params, batch, state.step, sel_rng)
+    # reference='ema' scores with the EMA from before this update
+    loss, grads, ce_BxL, weight_BxL, stats = loss_and_grads(spec, state.params, batch, state.ema_params, state.step,
+                                                            sel_rng)
     grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_ema = state.ema_params
+    if spec.ema:
+        d = spec.ema_decay
+        new_ema = keep(jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, new_params), state.ema_params)
     new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
-                           opt_state=keep(new_opt, state.opt_state), rng=rng)
+                           opt_state=keep(new_opt, state.opt_state), rng=rng, ema_params=new_ema)
 
-    _, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
+    _, valid_BxL = valid_positions(spec, batch)  # after Goldfish: n_valid counts trainable targets
     n_valid = jnp.sum(valid_BxL)
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite.astype(jnp.int32),
                "n_valid": n_valid, "n_selected": jnp.sum((weight_BxL > 0) & valid_BxL),
@@ -199,7 +245,8 @@ def state_shardings(spec: StepSpec, tx, mesh: Mesh, rules) -> tuple[TrainState, 
     p_shape = model.param_shapes(spec.model)
     p_sh = sharding.tree_shardings(model.param_logical_axes(spec.model), p_shape, mesh, rules)
     rep = sharding.replicated(mesh)
-    st = TrainState(step=rep, params=p_sh, opt_state=sharding.opt_state_shardings(tx, p_shape, p_sh, mesh), rng=rep)
+    st = TrainState(step=rep, params=p_sh, opt_state=sharding.opt_state_shardings(tx, p_shape, p_sh, mesh), rng=rep,
+                    ema_params=p_sh if spec.ema else None)
     ref_sh = None
     if spec.online:
         ref_sh = sharding.tree_shardings(model.param_logical_axes(spec.ref_model), model.param_shapes(spec.ref_model),
@@ -209,7 +256,7 @@ def state_shardings(spec: StepSpec, tx, mesh: Mesh, rules) -> tuple[TrainState, 
 
 def batch_keys(spec: StepSpec) -> tuple[str, ...]:
     """Keys the jitted step reads (online SLM: the scorer adds ref_ce / ref_entropy before the step)."""
-    if spec.slm:
+    if spec.online or spec.cached:
         return BATCH_KEYS + (("ref_ce", "ref_entropy") if spec.needs_entropy else ("ref_ce",))
     return BATCH_KEYS
 
@@ -261,8 +308,11 @@ def init_state(spec: StepSpec, tx, mesh: Mesh, rng: jax.Array, params=None, rule
     else:
         params = place(params, st_sh.params)
     opt_state = jax.jit(tx.init, out_shardings=st_sh.opt_state)(params)
+    ema = None
+    if spec.ema:  # starts at the initial target: a separate buffer, since the state is donated
+        ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=st_sh.params)(params)
     return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), st_sh.step), params=params,
-                      opt_state=opt_state, rng=jax.device_put(state_rng, st_sh.rng))
+                      opt_state=opt_state, rng=jax.device_put(state_rng, st_sh.rng), ema_params=ema)
 
 
 def place(tree, shardings):

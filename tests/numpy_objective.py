@@ -1,7 +1,7 @@
 """Plain-numpy (float64) reference of the SLM objective, written from the paper's rules, no jax.
 
 Used by tests/test_objective.py to check rho_jax.objective: shift, CE, entropy, exact k, selection
-with its tie rule, every score function, soft weights, the loss and its analytic logits gradient.
+with its tie rule, every score function, soft / prob weights, document scope, Goldfish masking, the loss and its analytic logits gradient.
 """
 
 from __future__ import annotations
@@ -49,7 +49,48 @@ def rank(score, valid):
     return r.reshape(score.shape)
 
 
-def select_topk(score, valid, ratio, scope="batch"):
+def select_documents(score, valid, seg, ratio):
+    """Whole (row, segment id) groups by the mean score of their valid tokens, ties to the first token."""
+    docs = []  # (mean, first flat index, positions)
+    for r in range(seg.shape[0]):
+        for s in np.unique(seg[r]):
+            cols = np.flatnonzero(seg[r] == s)
+            v = cols[valid[r, cols]]
+            if len(v):
+                docs.append((score[r, v].astype(np.float64).mean(), r * seg.shape[1] + cols[0], r, v))
+    docs.sort(key=lambda d: (np.isnan(d[0]), -np.nan_to_num(d[0]), d[1]))
+    mask = np.zeros(valid.shape, bool)
+    for _, _, r, v in docs[:compute_k(len(docs), ratio)]:
+        mask[r, v] = True
+    return mask
+
+
+def goldfish_keep(tokens, seg, k, h):
+    """False where the Goldfish rule drops position t: h same-segment context tokens and hash % k == 0."""
+    keep = np.ones(tokens.shape, bool)
+    if not k:
+        return keep
+    for r in range(tokens.shape[0]):
+        for t in range(h - 1, tokens.shape[1] - 1):
+            ctx = range(t - h + 1, t + 1)
+            if seg[r, t + 1] == 0 or any(seg[r, i] != seg[r, t + 1] for i in ctx):
+                continue
+            x = 2166136261  # FNV-1a over 4 little-endian bytes per id, then MurmurHash3 fmix32
+            for i in ctx:
+                for byte in int(tokens[r, i]).to_bytes(4, "little"):
+                    x = ((x ^ byte) * 16777619) % 2**32
+            x ^= x >> 16
+            x = (x * 0x85EBCA6B) % 2**32
+            x ^= x >> 13
+            x = (x * 0xC2B2AE35) % 2**32
+            x ^= x >> 16
+            keep[r, t] = x % k != 0
+    return keep
+
+
+def select_topk(score, valid, ratio, scope="batch", seg=None):
+    if scope == "document":
+        return select_documents(score, valid, seg, ratio)
     if scope == "sequence":
         return np.stack([select_topk(score[i:i + 1], valid[i:i + 1], ratio)[0] for i in range(len(score))])
     return (rank(score, valid) < compute_k(int(valid.sum()), ratio)) & valid
@@ -60,6 +101,8 @@ def scores(name, ce, ref_ce, ref_ent, valid, random_scores=None):
         return ce - ref_ce
     if name == "reverse_excess":
         return ref_ce - ce
+    if name == "target_loss":
+        return ce
     if name == "ref_loss":
         return -ref_ce
     if name == "ref_entropy":
@@ -77,13 +120,17 @@ def soft_weights(score, valid, temperature):
 
 
 def objective(logits, targets, valid, ref_ce, ref_ent, *, ratio, score, scope="batch", weighting="hard",
-              temperature=1.0, random_scores=None):
+              temperature=1.0, random_scores=None, seg=None):
     """Returns (weight, loss, dloss/dlogits, stats) for loss = sum(ce * w) / sum(w)."""
     ce = cross_entropy(logits, targets)
     sc = scores(score, ce, ref_ce, ref_ent, valid, random_scores)
-    if weighting == "hard":
-        w = select_topk(sc, valid, ratio, scope).astype(np.float64)
-        threshold = sc[w > 0].min()
+    if weighting in ("hard", "prob"):
+        m = select_topk(sc, valid, ratio, scope, seg)
+        threshold = sc[m].min()
+        w = m.astype(np.float64)
+        if weighting == "prob":  # p(target) on the selected tokens, mean 1 over them
+            w = w * np.exp(-ce)
+            w = w / w.sum() * m.sum()
     else:
         w = soft_weights(sc, valid, temperature)
         # the score whose weight is exactly 1: n * exp(s/T) / sum(exp(s/T)) = 1

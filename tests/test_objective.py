@@ -52,7 +52,8 @@ def test_cross_entropy_and_entropy_match_numpy():
 
 
 @pytest.mark.parametrize("score", O.SCORE_FUNCTIONS)
-@pytest.mark.parametrize("scope,weighting", [("batch", "hard"), ("sequence", "hard"), ("batch", "soft")])
+@pytest.mark.parametrize("scope,weighting", [("batch", "hard"), ("sequence", "hard"), ("batch", "soft"),
+                                             ("document", "hard"), ("batch", "prob"), ("document", "prob")])
 def test_objective_matches_numpy_reference(score, scope, weighting):
     tokens, logits, ref_ce, ref_ent = _inputs(2)
     targets, valid = O.shift_targets(tokens, SEG)
@@ -61,19 +62,20 @@ def test_objective_matches_numpy_reference(score, scope, weighting):
 
     def loss_fn(logits_BxLxV):
         ce_BxL = O.cross_entropy(logits_BxLxV, targets)
-        weight_BxL, stats = O.slm_objective(ce_BxL, valid, ref_ce, ref_ent, rng=rng, **kw)
+        weight_BxL, stats = O.slm_objective(ce_BxL, valid, ref_ce, ref_ent, rng=rng, segment_ids_BxL=SEG, **kw)
         return O.masked_mean(ce_BxL, weight_BxL), (weight_BxL, stats)
 
     (loss, (weight, stats)), grad = jax.value_and_grad(loss_fn, has_aux=True)(jnp.asarray(logits))
     random_scores = np.asarray(O.score_tokens("random", None, None, None, valid, rng), np.float64)
     w_np, loss_np, grad_np, stats_np = ref.objective(
         logits.astype(np.float64), np.asarray(targets), np.asarray(valid), ref_ce.astype(np.float64),
-        ref_ent.astype(np.float64), random_scores=random_scores, **kw)
+        ref_ent.astype(np.float64), random_scores=random_scores, seg=SEG, **kw)
 
     if weighting == "hard":
         np.testing.assert_array_equal(weight, w_np)
-        assert stats["n_selected"] == (ref.compute_k(int(valid.sum()), 0.6) if scope == "batch" else
-                                       sum(ref.compute_k(int(r.sum()), 0.6) for r in np.asarray(valid)))
+        if scope != "document":
+            assert stats["n_selected"] == (ref.compute_k(int(valid.sum()), 0.6) if scope == "batch" else
+                                           sum(ref.compute_k(int(r.sum()), 0.6) for r in np.asarray(valid)))
     else:
         np.testing.assert_allclose(weight, w_np, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(loss, loss_np, atol=1e-6)
@@ -242,7 +244,7 @@ def test_ratio_one_reproduces_clm(score, scope):
     targets, valid = O.shift_targets(tokens, SEG)
     ce = O.cross_entropy(logits, targets)
     w, stats = O.slm_objective(ce, valid, ref_ce, ref_ent, ratio=1.0, score=score, scope=scope,
-                               rng=jax.random.key(0))
+                               rng=jax.random.key(0), segment_ids_BxL=SEG)
     np.testing.assert_array_equal(w, O.clm_weights(valid))
     assert O.masked_mean(ce, w) == O.masked_mean(ce, O.clm_weights(valid))
     assert stats["selected_fraction"] == 1.0 and stats["loss_unselected"] == 0.0

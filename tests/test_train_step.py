@@ -90,7 +90,7 @@ def test_same_masks_and_params_on_every_mesh(ref_params):
         finals[shape], _ = run_steps(c, mesh, [batch, packed_batch(1)], ref_params)
     base = masks[(1, 1, 1)]
     n_valid = int(train.objective.shift_targets(batch["tokens"], batch["segment_ids"])[1].sum())
-    assert base.sum() == math.ceil(Fraction(3, 5) * n_valid)  # exact k (float 0.6 * 165 would round up to 100)
+    assert base.sum() == math.ceil(Fraction(3, 5) * n_valid)  # exact k
     for shape in SHAPES:
         np.testing.assert_array_equal(masks[shape], base, err_msg=f"selection differs on mesh {shape}")
         assert max_diff(finals[shape], finals[(1, 1, 1)]) <= 1e-5, f"params differ on mesh {shape}"
