@@ -153,7 +153,7 @@ def _selection(spec: StepSpec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL,
                                    rng=rng, segment_ids_BxL=segment_ids_BxL)
 
 
-def loss_and_grads(spec: StepSpec, params, batch: dict, ema_params, step, rng):
+def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng, ema_params=None):
     """Returns (loss, grads, ce_BxL, weight_BxL, stats) for one global batch.
 
     Online and cached SLM: the batch holds ref_ce (online: put there by the scorer just before the step).
@@ -214,8 +214,8 @@ def train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainSta
     (metrics['finite'] == 0) so the caller can stop cleanly or skip."""
     rng, sel_rng = jax.random.split(state.rng)
     # reference='ema' scores with the EMA from before this update
-    loss, grads, ce_BxL, weight_BxL, stats = loss_and_grads(spec, state.params, batch, state.ema_params, state.step,
-                                                            sel_rng)
+    loss, grads, ce_BxL, weight_BxL, stats = loss_and_grads(spec, state.params, batch, state.step, sel_rng,
+                                                            state.ema_params)
     grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)

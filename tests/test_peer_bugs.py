@@ -44,7 +44,7 @@ def test_excess_is_signed_not_abs():
 def _ce_predicts_the_next_token(c, m_cfg, params, batch) -> bool:
     """The step's per-token CE at t is -log p(tokens[t+1] | tokens[..t]) from an independent forward."""
     spec = train.StepSpec.from_config(c.copy_and_resolve_references(), m_cfg, None)
-    ce = np.asarray(train.loss_and_grads(spec, params, batch, None, 0, jax.random.PRNGKey(0))[2])
+    ce = np.asarray(train.loss_and_grads(spec, params, batch, 0, jax.random.PRNGKey(0))[2])
     logits = np.asarray(model.forward(m_cfg, params, batch["tokens"], batch["positions"], batch["segment_ids"]))
     logp = jax.nn.log_softmax(logits, axis=-1)
     _, valid = objective.shift_targets(batch["tokens"], batch["segment_ids"])
@@ -93,7 +93,7 @@ def test_unselected_tokens_stay_in_attention(setup):
 
     def real(batch):
         b = with_cached_scores(batch, m_cfg, ref)
-        _, _, ce, w, _ = train.loss_and_grads(spec, params, b, None, 0, jax.random.PRNGKey(0))
+        _, _, ce, w, _ = train.loss_and_grads(spec, params, b, 0, jax.random.PRNGKey(0))
         return ce, w
 
     first = {}
@@ -121,7 +121,7 @@ def test_accumulation_normalises_once_with_uneven_selection(setup):
         ca = tiny_config(mode="slm", reference="cached", ratio=0.3)
         ca.train.grad_accum = a
         spec = train.StepSpec.from_config(ca, m_cfg, None)
-        step = jax.jit(lambda p, bb: train.loss_and_grads(spec, p, bb, None, 0, jax.random.PRNGKey(0)))
+        step = jax.jit(lambda p, bb: train.loss_and_grads(spec, p, bb, 0, jax.random.PRNGKey(0)))
         loss, g, ce, w, _ = step(params, b)
         grads[a] = (loss, g, ce, w)
     per_micro = [float(np.asarray(grads[4][3])[[i, i + 4]].sum()) for i in range(4)]
