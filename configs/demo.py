@@ -28,6 +28,7 @@ def get_config():
         shuffle_seed=0,  # the data order; CLM and SLM share it
         general_rate=0.3,  # share of general text in the noisy mixture (math_noisy)
         prepare_shard_mb=1.0,  # input shard size for `prepare`: runs read (and score) only the first shards
+        prepare_workers=1,  # in-process Beam (no worker start-up): the demo prepares a few MB per source
     ))
 
     # Stage 2: the base model, CLM on general English text.

@@ -2,7 +2,8 @@
 
 A checkpoint step holds two items:
   state: the TrainState (step, params, opt_state, rng), restored onto any mesh (resharded on load);
-  meta:  JSON with the input position and the cumulative counters.
+  meta:  JSON with the input position (the Grain reader's iterator state: rho_jax/data/reader.py) and the
+         cumulative counters.
 
 Writing is deferred: `Checkpointer` opens the directory read-only to restore and creates its
 writing manager only at the first save, so a run that fails its checks writes nothing.

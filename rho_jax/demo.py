@@ -58,12 +58,39 @@ def prepared_path(dc, source: str, split: str = "train") -> str:
     return os.path.join(dc.workdir, "prepared", f"{source}.{split}")
 
 
-def prepare_jobs(dc) -> list[tuple[str, str, str]]:
-    """(source, split, prepared dir) of every source a stage reads: training sources and held-out sets."""
-    train = ([] if dc.base.checkpoint else [dc.base.source]) + [dc.reference.source, dc.cpt.source]
-    held = [s.strip() for s in dc.eval.sources.split(",") if s.strip()]
-    jobs = [(s, "train") for s in dict.fromkeys(train)] + [(s, "validation") for s in dict.fromkeys(held)]
-    return [(s, sp, prepared_path(dc, s, sp)) for s, sp in jobs]
+def prepare_jobs(dc) -> list[tuple[str, str, str, int]]:
+    """(source, split, prepared dir, rows read or 0 = all) of every source a stage reads: the training
+    sources (base and CPT read one pass of steps x batch rows; the reference reads all, for epochs) and
+    the held-out sets."""
+    needs: dict = {}
+    reads = ([] if dc.base.checkpoint else [(dc.base.source, dc.base.steps * dc.base.batch_size)])
+    reads += [(dc.reference.source, 0), (dc.cpt.source, dc.cpt.steps * dc.cpt.batch_size)]
+    for source, n in reads:
+        old = needs.get(source)
+        needs[source] = n if old is None else (0 if 0 in (n, old) else max(n, old))
+    jobs = [(s, "train", n) for s, n in needs.items()]
+    jobs += [(s, "validation", 0) for s in dict.fromkeys(x.strip() for x in dc.eval.sources.split(",") if x.strip())]
+    return [(s, sp, prepared_path(dc, s, sp), n) for s, sp, n in jobs]
+
+
+def prepare_source(pc, source: str, split: str, out: str, rows: int) -> int:
+    """Prepares `source` into `out`: every input shard (rows = 0), or the first shards of each component,
+    doubling their number until they hold the `rows` rows a run reads (shared by the rates, as the reader
+    does). Returns the rows prepared. Finished shards are never redone."""
+    from rho_jax.data import prepare, rows as rows_lib
+
+    shards = 2 if rows else 0
+    while True:
+        pc.data.prepare_max_shards = shards
+        res = prepare.run(pc, source=source, split=split, out=out)
+        comps = [m for _, m in res["components"]]
+        total_rate = sum(r for _, _, r in rows_lib.components(out))
+        short = [m for (_, _, r), m in zip(rows_lib.components(out), comps)
+                 if sum(s["rows"] for s in m["shards"]) < math.ceil(rows * r / total_rate)
+                 and len(m["shards"]) < m.get("planned_shards", len(m["shards"]))]
+        if not rows or not short:
+            return sum(sum(s["rows"] for s in m["shards"]) for m in comps)
+        shards *= 2
 
 
 def _heldout(dc, names: list[str]) -> dict:
@@ -489,7 +516,7 @@ def _say(msg: str) -> None:
 def run(dc) -> dict:
     """Runs (or reuses) every stage into dc.workdir; returns the summary (also <workdir>/report/summary.json)."""
     from rho_jax import score_job
-    from rho_jax.data import prepare, rows
+    from rho_jax.data import rows
     from rho_jax.data.vocab import demo_vocab_path
 
     import jax
@@ -527,11 +554,10 @@ def run(dc) -> dict:
 
     def prepare_all():
         pc = _common(dc, "prepare")
-        pc.data.prepare_shard_mb = dc.data.prepare_shard_mb
-        for source, split, out in jobs:  # a finished one is checked and reused (O(shards))
-            res = prepare.run(pc, source=source, split=split, out=out)
-            n = sum(sum(s["rows"] for s in m["shards"]) for _, m in res["components"])
-            _say(f"  {source} ({split}): {n} rows of {dc.data.seq_len} in {out}")
+        pc.data.update(prepare_shard_mb=dc.data.prepare_shard_mb, prepare_workers=dc.data.prepare_workers)
+        for source, split, out, n in jobs:  # a finished one is checked and reused (O(shards))
+            got = prepare_source(pc, source, split, out, n)
+            _say(f"  {source} ({split}): {got} rows of {dc.data.seq_len} in {out}")
 
     timed("prepare", prepare_all, keep=not todo)
 
