@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 RHO_JAX = Path(sys.executable).parent / "rho-jax"
 TINY = ["--config.train.steps=2", "--config.train.log_every=1", "--config.checkpoint.every=1",
         "--config.data.max_rows=32", "--config.data.seq_len=32", "--config.model.max_positions=64"]
+PREPARED = ["--config.data.prepared=runs/prepared"]
 
 
 def rho_jax(*args, cwd, timeout=600, env=None):
@@ -33,26 +34,35 @@ def test_the_executable_is_next_to_python():
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    """A directory outside the repository holding a copy of configs/tiny.py: every path below is relative to it."""
+    """A directory outside the repository holding a copy of configs/tiny.py and 200 real noisy-math documents
+    as JSONL: every path below is relative to it."""
+    from rho_jax.data import corpora
+
     d = tmp_path_factory.mktemp("user")
     shutil.copy(REPO / "configs" / "tiny.py", d / "tiny.py")
+    with open(corpora.export("champ_noisy", "train")) as src, open(d / "docs.jsonl", "w") as out:
+        out.writelines(line for _, line in zip(range(200), src))
     return d
 
 
 @pytest.fixture(scope="module")
 def trained(home):
-    """`rho-jax train` (CLM) from another directory, relative config and workdir; then `rho-jax score` with it
-    as the reference into a relative score cache; then cached SLM training from that cache."""
+    """`rho-jax prepare` of a relative JSONL glob into a relative directory, `rho-jax train` (CLM) from it, then
+    `rho-jax score` with that model as the reference into relative score shards, then cached SLM training."""
+    prep = ok(rho_jax("prepare", "--config=tiny.py", "--config.data.source=jsonl:docs*.jsonl", *PREPARED, *TINY,
+                      "--config.data.prepare_workers=1", cwd=home))
+    assert "1 shards written" in prep.stdout and (home / "runs" / "prepared" / "manifest.json").exists()
     train = ok(rho_jax("train", "--config=tiny.py", "--config.objective.mode=clm", "--config.workdir=runs/ref",
-                       *TINY, cwd=home))
+                       *PREPARED, *TINY, cwd=home))
     assert (home / "runs" / "ref" / "final").is_dir() and (home / "runs" / "ref" / "checkpoints").is_dir()
     assert "'step': 2" in train.stdout
     score = ok(rho_jax("score", "--config=tiny.py", "--config.init.reference=runs/ref/final",
-                       "--config.data.score_cache=runs/scores", *TINY, cwd=home))
-    assert "score cache complete" in score.stdout
-    assert json.loads((home / "runs" / "scores" / "manifest.json").read_text())["complete"]
+                       "--config.data.score_cache=runs/scores", *PREPARED, *TINY, cwd=home))
+    assert "scores complete" in score.stdout
+    assert json.loads((home / "runs" / "scores" / "manifest.json").read_text())["shards"]
     ok(rho_jax("train", "--config=tiny.py", "--config.objective.reference=cached", "--config.workdir=runs/slm",
-               "--config.data.score_cache=runs/scores", "--config.init.reference=runs/ref/final", *TINY, cwd=home))
+               "--config.data.score_cache=runs/scores", "--config.init.reference=runs/ref/final", *PREPARED, *TINY,
+               cwd=home))
     rows = [json.loads(r) for r in (home / "runs" / "slm" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and 0 < rows[-1]["selected_fraction"] < 1
     return home
@@ -88,11 +98,14 @@ def test_help_lists_exactly_the_accepted_flags(tmp_path):
     proc = ok(rho_jax("eval", "--help", cwd=tmp_path))
     assert "--checkpoint" in proc.stdout and "--config" not in proc.stdout
     proc = ok(rho_jax("--help", cwd=tmp_path))
-    for cmd in ("train", "score", "eval", "analyze", "convert", "bench", "demo"):
+    for cmd in ("prepare", "train", "score", "eval", "analyze", "convert", "bench", "demo"):
         assert f"  {cmd} " in proc.stdout
 
 
 ERRORS = {  # (command line, a fragment of the one error line)
+    "prepare empty glob": (["prepare", "--config=tiny.py", "--config.data.source=jsonl:nothing/*.jsonl",
+                            "--config.data.prepared=p"], "nothing/*.jsonl"),
+    "prepare no config": (["prepare"], "--config is required"),
     "train unknown key": (["train", "--config=tiny.py", "--config.foo=1"], "foo"),
     "train bad value": (["train", "--config=tiny.py", "--config.train.steps=abc"], "steps"),
     "train bad choice": (["train", "--config=tiny.py", "--config.objective.mode=xyz", "--config.workdir=wd"],
@@ -101,8 +114,12 @@ ERRORS = {  # (command line, a fragment of the one error line)
     "train no config": (["train"], "--config is required"),
     "train missing model": (["train", "--config=tiny.py", "--config.init.target=nope", "--config.workdir=wd"],
                             "config.init.target"),
+    "train missing prepared": (["train", "--config=tiny.py", "--config.objective.mode=clm", "--config.workdir=wd",
+                                "--config.data.prepared=nope"], "nope"),
     "score demo config": (["score", "--config=" + str(REPO / "configs" / "demo.py")], "unknown config key config."),
-    "score no reference": (["score", "--config=tiny.py", "--config.data.score_cache=sc"], "config.init.reference"),
+    "score no reference": (["score", "--config=tiny.py", "--config.data.score_cache=sc", "--config.data.prepared=pp"],
+                           "config.init.reference"),
+    "score no prepared": (["score", "--config=tiny.py", "--config.data.score_cache=sc"], "config.data.prepared"),
     "eval missing checkpoint": (["eval", "--checkpoint=nope"], "nope"),
     "eval config flag": (["eval", "--config=tiny.py", "--checkpoint=nope"], "config"),
     "eval bad task": (["eval", "--checkpoint=nope", "--tasks=bogus"], "bogus"),
@@ -154,13 +171,12 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "Traceback" in proc.stderr
 
 
-def test_quiet_start(tmp_path):
+def test_quiet_start(trained):
     """No backend-probing or native-library lines before the command's own output on CPU."""
-    shutil.copy(REPO / "configs" / "tiny.py", tmp_path / "tiny.py")
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}
-    proc = subprocess.run([str(RHO_JAX), "train", "--config=tiny.py", "--config.workdir=wd", *TINY,
+    proc = subprocess.run([str(RHO_JAX), "train", "--config=tiny.py", "--config.workdir=runs/quiet", *PREPARED, *TINY,
                            "--config.objective.mode=clm", "--config.train.steps=1"],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+                          cwd=trained, capture_output=True, text=True, env=env, timeout=600)
     ok(proc)
     for noise in ("Unable to initialize backend", "cuInit", "cuda", "oneDNN", "absl::InitializeLog", "xla_bridge"):
         assert noise not in proc.stderr, proc.stderr[:2000]
