@@ -18,6 +18,7 @@ commands:
   analyze  --workdir=DIR                                      token categories, selected-token HTML, plots
   convert  SRC DST [--to=orbax|hf]                            HF dir / GGUF -> Orbax, or Orbax -> HF
   bench    [--config=configs/bench_tiny.py] [--append]        step time, tokens/s, MFU, peak memory
+           [--peer]                                           ... side by side with the PyTorch peer
   demo     [--config=configs/demo.py]                         the end-to-end Rho-1 demo
 """
 
@@ -103,11 +104,24 @@ def cmd_bench(argv):
     flags.DEFINE_integer("warmup", 2, "untimed steps per mode")
     flags.DEFINE_string("name", "", "a heading for the table")
     flags.DEFINE_bool("input", False, "also time the input pipeline (imports seqio/TF) against CLM consumption")
+    flags.DEFINE_bool("peer", False, "side by side with the PyTorch peer (HF Llama; needs torch + transformers)")
+    flags.DEFINE_bool("peer_compile", True, "with --peer: also time a torch.compile peer")
 
     def body(_):
         from rho_jax import bench
 
         f = flags.FLAGS
+        if f.peer:
+            from rho_jax import sidebyside
+
+            modes = tuple(m for m in f.modes.split(",") if m in sidebyside.PEER_MODES)
+            rows = sidebyside.run(f.config, modes, f.warmup, f.iters, f.peer_compile)
+            text = sidebyside.table(f.config, rows, f.name or "rho-jax vs PyTorch peer", f.iters)
+            print(text)
+            if f.append:
+                with open("BENCHMARKS.md", "a") as out:
+                    out.write("\n" + text)
+            return
         rows = bench.run(f.config, tuple(f.modes.split(",")), f.warmup, f.iters)
         text = bench.table(f.config, rows, f.name or "rho-jax bench", f.iters)
         if f.input:

@@ -14,7 +14,7 @@ import ml_collections
 from rho_jax.sharding import DEFAULT_RULES, mesh_shape
 
 OBJECTIVE_MODES = ("clm", "slm")
-SCOPES = ("batch", "sequence")
+SCOPES = ("batch", "sequence", "micro_batch")
 WEIGHTINGS = ("hard", "soft")
 REFERENCE_MODES = ("online", "cached")
 NAN_POLICIES = ("stop", "skip")
@@ -33,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, head_dim=0,
         rope_theta=10000.0, rms_eps=1e-5, max_positions=256, tie_embeddings=False, sliding_window=0,
-        arch="llama", dtype="float32", remat="none", attention="xla", init_std=0.02))
+        arch="llama", dtype="float32", remat="none", attention="xla", attention_chunk=0, scan_layers=True,
+        init_std=0.02))
 
     c.init = ml_collections.ConfigDict(dict(
         target="",  # '' = random init; else an HF dir, a .gguf file or an Orbax checkpoint dir
@@ -45,7 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
         ratio=0.6,  # fraction of valid target tokens kept (paper: 0.6 for 1B, 0.7 for 7B)
         ratio_end=-1.0,  # < 0: constant ratio; else linear from ratio to ratio_end over train.steps
         score="excess",  # see rho_jax.objective.SCORE_FUNCTIONS
-        scope="batch",  # batch (global top-k, the paper) | sequence (k per row)
+        scope="batch",  # batch (global top-k, the paper) | sequence (k per row) | micro_batch (k per
+        # micro-batch under train.grad_accum > 1: approximate, saves the selection pass; = batch without accumulation)
         weighting="hard",  # hard top-k mask | soft (softmax of the score / temperature, mean 1)
         temperature=1.0,  # soft weighting only
         reference="online",  # online (reference forward in the step) | cached (ref_ce from the score cache)

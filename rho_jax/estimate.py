@@ -7,7 +7,12 @@ Per processed token, inside one train step (DESIGN §2, `rho_jax.flops`):
   reference  2·N + 2·L·s·d   SLM with reference='online' only (the reference model's forward)
 With reference='cached' the reference forward runs once, offline, in the scoring job instead
 (`score_*` fields). Time = FLOPs / (chips · peak · MFU); the MFU is an assumption, stated with
-the numbers. Recomputation under remat is not counted (the MFU convention: model FLOPs only).
+the numbers, and counts model FLOPs only (the convention). The hardware also recomputes under remat:
+  recompute  full remat: the layers' forward, 2·(N - N_head) + 2·L·s·d;
+             dots_with_no_batch_dims_saveable: the attention dots, 2·L·s·d; dots_saveable / none: 0;
+             plus the chunked CE's head matmul, 2·d·V, when ce_chunk > 0 (its chunk body is remat),
+             plus the attention dots again when model.attention_chunk > 0 (query blocks are remat)
+reported separately as `hardware_flops_per_token` (what a step really executes).
 """
 
 from __future__ import annotations
@@ -57,10 +62,15 @@ class RunEstimate:
     selection_flops_per_token: float
     reference_flops_per_token: float
     score_flops_per_token: float  # offline scoring job (reference='cached'), 0 otherwise
+    recompute_flops_per_token: float = 0.0  # remat recomputation in the gradient pass (not model FLOPs)
 
     @property
     def step_flops_per_token(self) -> float:
         return self.train_flops_per_token + self.selection_flops_per_token + self.reference_flops_per_token
+
+    @property
+    def hardware_flops_per_token(self) -> float:
+        return self.step_flops_per_token + self.recompute_flops_per_token
 
     @property
     def total_flops(self) -> float:
@@ -98,7 +108,20 @@ def estimate(config, slice_name: str, mfu: float = ASSUMED_MFU) -> RunEstimate:
         train_flops_per_token=flops.train_flops_per_token(cfg, seq),
         selection_flops_per_token=forward if slm and t.grad_accum > 1 else 0.0,
         reference_flops_per_token=forward if slm and o.reference == "online" else 0.0,
-        score_flops_per_token=forward if slm and o.reference == "cached" else 0.0)
+        score_flops_per_token=forward if slm and o.reference == "cached" else 0.0,
+        recompute_flops_per_token=recompute_flops_per_token(cfg, seq, int(o.ce_chunk)))
+
+
+def recompute_flops_per_token(cfg, seq_len: int, ce_chunk: int = 0) -> float:
+    """FLOPs per token that remat re-executes in the backward pass (hardware work beyond model FLOPs)."""
+    attn = flops.attention_flops_per_token(cfg, seq_len, 1)
+    head = 2.0 * cfg.d_model * cfg.vocab_size
+    layers = {"none": 0.0, "dots_saveable": 0.0, "dots_with_no_batch_dims_saveable": attn,
+              "full": 2.0 * flops.matmul_params(cfg) - head + attn}
+    if cfg.remat not in layers:
+        raise KeyError(f"no recompute count for remat={cfg.remat!r}; add it to rho_jax.estimate")
+    chunked = attn if cfg.attention_chunk and cfg.attention == "xla" else 0.0  # its blocks are remat too
+    return layers[cfg.remat] + chunked + (head if ce_chunk else 0.0)
 
 
 def summary(config, slice_name: str, mfu: float = ASSUMED_MFU) -> str:

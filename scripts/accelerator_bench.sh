@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The lent accelerator's whole benchmark in one call (< 8 minutes on an H100/H200): rho-jax's CLM, cached
+# and online SLM and scoring at the TinyLlama-1.1B shape, alternating with the PyTorch peer (HF Llama,
+# torch.compile, bf16), rows with MFU appended to BENCHMARKS.md. Extra flags go to the module, e.g.
+#   scripts/accelerator_bench.sh --dry-run --out=/tmp/rows.md    # the CI check on CPU
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TF_CPP_MIN_LOG_LEVEL=2
+# GPU: let XLA take most of the memory up front, leaving room for the peer's allocator in the same process.
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}"
+exec timeout 480 "${PYTHON:-python3}" -m rho_jax.accelerator_bench "$@"
