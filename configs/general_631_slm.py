@@ -8,9 +8,10 @@ Weights and tokenizer: as configs/tinyllama_owm_slm.py. StarCoderData is gated: 
 Hugging Face hub before TFDS can read it.
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v5litepod-64 (64 chips x 197 TFLOP/s bf16 peak) at an assumed 40% MFU: 80.00B tokens x 9.01 GFLOP/token
-  (train 6.76 + selection pass 2.25) = 7.21e+20 FLOPs -> 39.7 h. Offline scoring (reference forward): 2.25
-  GFLOP/token = 1.8e+20 FLOPs -> 9.9 h.
+  v5litepod-64 (64 chips x 197 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 80.00B tokens x
+  9.33 GFLOP/token executed (model 9.01: train 6.76 + selection pass 2.25; remat recompute
+  (dots_with_no_batch_dims_saveable) 0.32) = 7.46e+20 FLOPs -> 41.1 h. Offline scoring (reference forward):
+  2.25 GFLOP/token = 1.8e+20 FLOPs -> 9.9 h.
 """
 
 from rho_jax.config import base_config

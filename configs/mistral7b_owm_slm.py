@@ -10,8 +10,9 @@ Weights (not in the repo; needs the internet once):
   gsutil cp Mistral-7B/tokenizer.model gs://YOUR_BUCKET/models/Mistral-7B.tokenizer.model
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% MFU: 15.00B tokens x 61.18 GFLOP/token
-  (train 45.88 + selection pass 15.29) = 9.18e+20 FLOPs -> 21.7 h. Offline scoring (reference forward):
+  v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 15.00B tokens x
+  62.51 GFLOP/token executed (model 61.18: train 45.88 + selection pass 15.29; remat recompute
+  (dots_with_no_batch_dims_saveable) 1.34) = 9.38e+20 FLOPs -> 22.2 h. Offline scoring (reference forward):
   15.29 GFLOP/token = 2.29e+20 FLOPs -> 5.4 h.
 """
 

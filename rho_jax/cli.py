@@ -106,6 +106,8 @@ def cmd_bench(argv):
     flags.DEFINE_bool("input", False, "also time the input pipeline (imports seqio/TF) against CLM consumption")
     flags.DEFINE_bool("peer", False, "side by side with the PyTorch peer (HF Llama; needs torch + transformers)")
     flags.DEFINE_bool("peer_compile", True, "with --peer: also time a torch.compile peer")
+    flags.DEFINE_string("variants", "", "with --peer: extra rho-jax runners, e.g. 'unrolled:scan_layers=false;"
+                        "scan:scan_layers=true' (model field overrides)")
 
     def body(_):
         from rho_jax import bench
@@ -115,7 +117,8 @@ def cmd_bench(argv):
             from rho_jax import sidebyside
 
             modes = tuple(m for m in f.modes.split(",") if m in sidebyside.PEER_MODES)
-            rows = sidebyside.run(f.config, modes, f.warmup, f.iters, f.peer_compile)
+            rows = sidebyside.run(f.config, modes, f.warmup, f.iters, f.peer_compile,
+                                  variants=sidebyside.parse_variants(f.variants))
             text = sidebyside.table(f.config, rows, f.name or "rho-jax vs PyTorch peer", f.iters)
             print(text)
             if f.append:

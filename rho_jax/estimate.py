@@ -6,13 +6,13 @@ Per processed token, inside one train step (DESIGN §2, `rho_jax.flops`):
                              micro-batch before the gradient pass, so the top-k sees the global batch
   reference  2·N + 2·L·s·d   SLM with reference='online' only (the reference model's forward)
 With reference='cached' the reference forward runs once, offline, in the scoring job instead
-(`score_*` fields). Time = FLOPs / (chips · peak · MFU); the MFU is an assumption, stated with
-the numbers, and counts model FLOPs only (the convention). The hardware also recomputes under remat:
+(`score_*` fields). The hardware also recomputes under remat:
   recompute  full remat: the layers' forward, 2·(N - N_head) + 2·L·s·d;
              dots_with_no_batch_dims_saveable: the attention dots, 2·L·s·d; dots_saveable / none: 0;
              plus the chunked CE's head matmul, 2·d·V, when ce_chunk > 0 (its chunk body is remat),
              plus the attention dots again when model.attention_chunk > 0 (query blocks are remat)
-reported separately as `hardware_flops_per_token` (what a step really executes).
+`hardware_flops_per_token` is what a step really executes. Time = executed FLOPs / (chips · peak · u),
+u an assumed utilisation stated with the numbers (so trading a selection pass for remat shows its real cost).
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ class RunEstimate:
 
     @property
     def total_flops(self) -> float:
-        return self.tokens * self.step_flops_per_token
+        """Executed FLOPs of the run (model FLOPs + remat recompute): what the hours are computed from."""
+        return self.tokens * self.hardware_flops_per_token
 
     def hours(self, total_flops: float) -> float:
         return total_flops / (self.chips * self.peak_flops * self.mfu) / 3600.0
@@ -106,7 +107,7 @@ def estimate(config, slice_name: str, mfu: float = ASSUMED_MFU) -> RunEstimate:
         slice_name=slice_name, chips=s.chips, peak_flops=s.peak_flops, mfu=mfu,
         tokens=t.steps * t.batch_size * seq,
         train_flops_per_token=flops.train_flops_per_token(cfg, seq),
-        selection_flops_per_token=forward if slm and t.grad_accum > 1 else 0.0,
+        selection_flops_per_token=forward if slm and t.grad_accum > 1 and o.scope != "micro_batch" else 0.0,
         reference_flops_per_token=forward if slm and o.reference == "online" else 0.0,
         score_flops_per_token=forward if slm and o.reference == "cached" else 0.0,
         recompute_flops_per_token=recompute_flops_per_token(cfg, seq, int(o.ce_chunk)))
@@ -133,9 +134,12 @@ def summary(config, slice_name: str, mfu: float = ASSUMED_MFU) -> str:
         parts.append(f"selection pass {e.selection_flops_per_token / g:.2f}")
     if e.reference_flops_per_token:
         parts.append(f"online reference {e.reference_flops_per_token / g:.2f}")
+    remat = config_lib.model_config(config).remat
     text = (f"{slice_name} ({e.chips} chips x {e.peak_flops / 1e12:.0f} TFLOP/s bf16 peak) at an assumed "
-            f"{e.mfu:.0%} MFU: {e.tokens / g:.2f}B tokens x {e.step_flops_per_token / g:.2f} GFLOP/token "
-            f"({' + '.join(parts)}) = {e.total_flops:.3g} FLOPs -> {e.train_hours:.1f} h.")
+            f"{e.mfu:.0%} of peak on executed FLOPs: {e.tokens / g:.2f}B tokens x "
+            f"{e.hardware_flops_per_token / g:.2f} GFLOP/token executed (model {e.step_flops_per_token / g:.2f}: "
+            f"{' + '.join(parts)}; remat recompute ({remat}) {e.recompute_flops_per_token / g:.2f}) = "
+            f"{e.total_flops:.3g} FLOPs -> {e.train_hours:.1f} h.")
     if e.score_flops_per_token:
         text += (f" Offline scoring (reference forward): {e.score_flops_per_token / g:.2f} GFLOP/token = "
                  f"{e.score_flops:.3g} FLOPs -> {e.score_hours:.1f} h.")

@@ -21,8 +21,17 @@ from rho_jax import bench, config as config_lib, flops
 PEER_MODES = ("clm", "slm_online", "score")
 
 
-def build(config, modes, peer_compile: bool = True, device: str = "cpu", peer_eager: bool = True) -> dict:
-    """{(mode, runner): (step_fn, flops_per_token)} for runner in rho-jax, torch eager, torch compile."""
+def _with_model(config, overrides: dict):
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.model.update(overrides)
+    return c
+
+
+def build(config, modes, peer_compile: bool = True, device: str = "cpu", peer_eager: bool = True,
+          variants: dict | None = None) -> dict:
+    """{(mode, runner): (step_fn, flops_per_token)} for runner in the rho-jax variants (name -> model field
+    overrides; default: the config as is), torch eager, torch compile."""
     from rho_jax import peer
 
     c = config
@@ -31,8 +40,9 @@ def build(config, modes, peer_compile: bool = True, device: str = "cpu", peer_ea
                               docs_per_row=1)
     runners = {}
     for mode in modes:
-        fn, flops_tok, _ = bench.build_mode(c, mode, host)
-        runners[(mode, "rho-jax")] = (fn, flops_tok)
+        for name, overrides in (variants or {"rho-jax": {}}).items():
+            fn, flops_tok, _ = bench.build_mode(_with_model(c, overrides), mode, host)
+            runners[(mode, name)] = (fn, flops_tok)
         kinds = (("torch eager",) if peer_eager else ()) + (("torch.compile",) if peer_compile else ())
         for kind in kinds:
             p = peer.Peer(m_cfg, mode, host, ratio=c.objective.ratio, lr=c.train.lr, compile=kind == "torch.compile",
@@ -41,9 +51,28 @@ def build(config, modes, peer_compile: bool = True, device: str = "cpu", peer_ea
     return runners
 
 
+def parse_variants(text: str) -> dict | None:
+    """'name:field=v,field=v;name2:...' -> {'rho-jax name': {field: value}}; '' -> None (the config as is)."""
+    if not text:
+        return None
+    out = {}
+    for item in text.split(";"):
+        name, _, fields = item.partition(":")
+        kv = {}
+        for f in filter(None, fields.split(",")):
+            k, v = f.split("=", 1)
+            kv[k] = {"true": True, "false": False}.get(v.lower(), int(v) if v.lstrip("-").isdigit() else v)
+        out[f"rho-jax {name}"] = kv
+    return out
+
+
+def _is_peer(runner: str) -> bool:
+    return runner.startswith("torch")
+
+
 def run(config, modes=PEER_MODES, warmup: int = 2, iters: int = 5, peer_compile: bool = True,
-        device: str = "cpu", peer_eager: bool = True) -> list[dict]:
-    runners = build(config, modes, peer_compile, device, peer_eager)
+        device: str = "cpu", peer_eager: bool = True, variants: dict | None = None) -> list[dict]:
+    runners = build(config, modes, peer_compile, device, peer_eager, variants)
     compile_failed = []
     for key, (fn, _) in list(runners.items()):
         try:
@@ -69,8 +98,8 @@ def run(config, modes=PEER_MODES, warmup: int = 2, iters: int = 5, peer_compile:
                      "spread": (min(ts), max(ts)),
                      "mfu": flops.mfu(tokens / t * runners[(mode, runner)][1], jax.device_count(), peak)})
     for r in rows:
-        peers = [q["tokens_per_s"] for q in rows if q["mode"] == r["mode"] and q["runner"] != "rho-jax"]
-        r["vs_best_peer"] = r["tokens_per_s"] / max(peers) if r["runner"] == "rho-jax" and peers else None
+        peers = [q["tokens_per_s"] for q in rows if q["mode"] == r["mode"] and _is_peer(q["runner"])]
+        r["vs_best_peer"] = r["tokens_per_s"] / max(peers) if not _is_peer(r["runner"]) and peers else None
     if compile_failed:
         rows.append({"compile_failed": compile_failed})
     return rows
