@@ -9,6 +9,7 @@ attention); rho-jax still receives segment ids and positions, as in training.
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -105,6 +106,15 @@ def run(config, modes=PEER_MODES, warmup: int = 2, iters: int = 5, peer_compile:
     return rows
 
 
+def _host_cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model or platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
 def table(config, rows: list[dict], name: str, iters: int) -> str:
     import torch
     import transformers
@@ -113,7 +123,7 @@ def table(config, rows: list[dict], name: str, iters: int) -> str:
     m = config.model
     failed = [r for r in rows if "compile_failed" in r]
     rows = [r for r in rows if "mode" in r]
-    head = (f"### {name} — {jax.device_count()}× {dev.device_kind} ({dev.platform}, {platform.processor() or '?'}), "
+    head = (f"### {name} — {jax.device_count()}× {dev.device_kind} ({dev.platform}, {_host_cpu()}), "
             f"{datetime.date.today().isoformat()}; jax {jax.__version__}, torch {torch.__version__}, "
             f"transformers {transformers.__version__}\n\n"
             f"model d={m.d_model} L={m.n_layers} H={m.n_heads}/{m.n_kv_heads} ff={m.d_ff} V={m.vocab_size}, "

@@ -6,6 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TF_CPP_MIN_LOG_LEVEL=2
-# GPU: let XLA take most of the memory up front, leaving room for the peer's allocator in the same process.
-export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}"
+# The peer runs first in a child process and exits before JAX takes its (default) share of device memory.
 exec timeout 480 "${PYTHON:-python3}" -m rho_jax.accelerator_bench "$@"
