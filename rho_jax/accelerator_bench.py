@@ -129,12 +129,8 @@ def run(dry_run: bool, out: str, warmup: int, iters: int, peer: bool) -> str:
         "all runners alternating step by step in one process",
         "rho-jax's modes alternating step by step; the peer first, in a child process, one mode at a time")
     if peer_note:
-        text += f"
-Peer: {peer_note}.
-"
-    text += _targets(rows) + f"
-Wall time of the run: {time.time() - t0:.0f} s.
-"
+        text += f"\nPeer: {peer_note}.\n"
+    text += _targets(rows) + f"\nWall time of the run: {time.time() - t0:.0f} s.\n"
     with open(out, "a") as f:
         f.write("\n" + text)
     return text
