@@ -44,7 +44,8 @@ def _config(dry_run: bool, platform: str):
 
 
 PEER_MODES = ("clm", "slm_online", "score")  # what the targets compare against
-PEER_TIMEOUT_S = 240  # the peer's share of the 8 minutes (torch.compile of three models included)
+# The peer's share of the 8 minutes (torch.compile of three models included); a loaded CI CPU may raise it.
+PEER_TIMEOUT_S = int(os.environ.get("RHO_JAX_PEER_TIMEOUT_S", "240"))
 
 
 def _peer_rows(dry_run: bool, warmup: int, iters: int) -> tuple[list[dict], str]:
