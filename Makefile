@@ -4,7 +4,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 LOCK := requirements/lock.txt
 
-.PHONY: install demo test bench lock clean
+.PHONY: install demo test bench bench-peer bench-accelerator lock clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -42,6 +42,15 @@ lock:
 	  echo "# Installed by make install/demo/test and CI; refresh with 'make lock' (see README)."; \
 	  .venv-lock/bin/pip freeze --exclude-editable; } > $(LOCK)
 	rm -rf .venv-lock
+
+# rho-jax vs the PyTorch peer (HF Llama, torch from the test extra), alternating step by step.
+bench-peer: $(STAMP)
+	$(VENV)/bin/rho-jax bench --peer --config=configs/bench_tiny.py $(ARGS)
+	$(VENV)/bin/rho-jax bench --peer --config=configs/bench_demo.py $(ARGS)
+
+# The lent GPU/TPU: rho-jax's four modes and the peer in one call, rows with MFU into BENCHMARKS.md.
+bench-accelerator:
+	PYTHON=$(PY) scripts/accelerator_bench.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-lock build *.egg-info

@@ -20,10 +20,14 @@ Full sequence (gs:// paths throughout; README "Data at scale" has the Dataflow o
        tpu/run.sh --run-name slm --detach -- rho-jax train --config=configs/general_631_slm.py
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v5litepod-64 (64 chips x 197 TFLOP/s bf16 peak) at an assumed 40% MFU: 80.00B tokens x 9.01
-  GFLOP/token (train 6.76 + selection pass 2.25) = 7.21e+20 FLOPs -> 39.7 h. Offline scoring (reference
-  forward): 2.25 GFLOP/token = 1.8e+20 FLOPs -> 9.9 h.
+  v5litepod-64 (64 chips x 197 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 80.00B tokens x
+  9.20 GFLOP/token executed (model 6.76: train 6.76; remat recompute (full) 2.44) = 7.36e+20 FLOPs -> 40.5 h.
+  Offline scoring (reference forward): 2.25 GFLOP/token = 1.8e+20 FLOPs -> 9.9 h.
 
+Exact global selection, per chip (compiled step's memory analysis on 64 simulated devices, CPU compiler's
+buffer assignment; `python scripts/selection_memory.py --config=configs/general_631_slm.py`, 2026-11-30):
+  (a) grad_accum=4 + no-grad selection pass, remat dots_with_no_batch_dims: 11.5 GiB, 9.33 GFLOP/token executed
+  (b) grad_accum=1, one pass, remat full, attention_chunk=256 (this config): 7.5 GiB, 9.20 GFLOP/token executed
 The reference (your general-data model) trains outside these configs: add its training FLOPs for the
 whole-pipeline cost, as configs/tinyllama_owm_slm.py's estimate does with its REFERENCE.
 """
@@ -44,7 +48,10 @@ def get_config():
     c.model.update(vocab_size=32000, d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4, d_ff=5632,
                    rope_theta=10000.0, rms_eps=1e-5, max_positions=2048, tie_embeddings=False, arch="llama")
     c.model.dtype = "bfloat16"  # bf16 compute; master weights and Adam state stay f32
-    c.model.remat = "dots_with_no_batch_dims_saveable"  # weight matmuls only: no [B, H, L, L] scores kept
+    # One pass over the whole per-chip batch (8 rows) feeds both the exact top-k and the gradient: no selection
+    # forward. Full remat recomputes the layers instead; chunked attention keeps [8, H, L, L] scores from existing.
+    c.model.remat = "full"
+    c.model.attention_chunk = 256  # query blocks of 256 rows (see the docstring for the measured memory)
     c.model.attention = "xla"  # cudnn is GPU-only
     c.objective.mode = "slm"  # selective language modeling
     c.objective.ratio = 0.6  # the paper's 1B setting
@@ -57,7 +64,7 @@ def get_config():
     c.data.score_cache = f"{BUCKET}/tinyllama-general/scores"  # written by `rho-jax score`
     c.train.batch_size = 512  # x 2048 = 1M tokens per step
     c.train.steps = TOKENS // (c.train.batch_size * c.data.seq_len)  # 76293 steps = 80.0B tokens
-    c.train.grad_accum = 4  # micro-batch 128 = 2 sequences per chip: ~4 GB activations of 16 GB HBM
+    c.train.grad_accum = 1  # 8 sequences per chip in one pass: 7.5 GiB of 16 (grad_accum=4 + selection: 11.5)
     c.train.lr = 1e-4  # paper
     c.train.warmup_steps = 500  # not stated in the paper: ~0.7% of the run
     c.train.peak_flops = 197e12  # v5e bf16 peak per chip, for MFU

@@ -5,8 +5,9 @@ Paper settings: seq 4096, LR 1e-5; the clean corpus and its 3 epochs of 0.5B tok
 Weights: the same Mistral-7B Orbax dir as configs/mistral7b_owm_slm.py (see there how to make it).
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% MFU: 1.50B tokens x 45.88 GFLOP/token
-  (train 45.88) = 6.88e+19 FLOPs -> 1.6 h.
+  v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 1.50B tokens x 47.22
+  GFLOP/token executed (model 45.88: train 45.88; remat recompute (dots_with_no_batch_dims_saveable) 1.34) =
+  7.08e+19 FLOPs -> 1.7 h.
 """
 
 from rho_jax.config import base_config

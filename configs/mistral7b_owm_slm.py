@@ -13,10 +13,15 @@ Full sequence: as in configs/tinyllama_owm_slm.py (prepare on Dataflow, score on
 --config=configs/mistral7b_owm_slm.py.
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% MFU: 15.00B tokens x 61.18 GFLOP/token
-  (train 45.88 + selection pass 15.29) = 9.18e+20 FLOPs -> 21.7 h. Offline scoring (reference forward):
-  15.29 GFLOP/token = 2.29e+20 FLOPs -> 5.4 h. Whole pipeline: reference training 6.88e+19 (v5p-128) +
-  scoring 2.29e+20 + SLM 9.18e+20 = 1.22e+21 FLOPs -> 28.7 h.
+  v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 15.00B tokens x
+  62.25 GFLOP/token executed (model 45.88: train 45.88; remat recompute (full) 16.37) = 9.34e+20 FLOPs -> 22.1
+  h. Offline scoring (reference forward): 15.29 GFLOP/token = 2.29e+20 FLOPs -> 5.4 h. Whole pipeline:
+  reference training 7.08e+19 (v5p-128) + scoring 2.29e+20 + SLM 9.34e+20 = 1.23e+21 FLOPs -> 29.2 h.
+
+Exact global selection, per chip (compiled step's memory analysis on 64 simulated devices, CPU compiler's
+buffer assignment; `python scripts/selection_memory.py --config=configs/mistral7b_owm_slm.py`, 2026-11-30):
+  (a) grad_accum=2 + no-grad selection pass, remat dots_with_no_batch_dims: 66.7 GiB, 62.51 GFLOP/token executed
+  (b) grad_accum=1, one pass, remat full, attention_chunk=512 (this config): 24.6 GiB, 62.25 GFLOP/token executed
 """
 
 from rho_jax.config import base_config
@@ -37,7 +42,10 @@ def get_config():
                    rope_theta=10000.0, rms_eps=1e-5, max_positions=32768, tie_embeddings=False,
                    sliding_window=4096, arch="mistral")
     c.model.dtype = "bfloat16"  # bf16 compute; master weights and Adam state stay f32
-    c.model.remat = "dots_with_no_batch_dims_saveable"  # weight matmuls only: no [B, H, L, L] scores kept
+    # One pass over the whole per-chip batch (4 rows) feeds both the exact top-k and the gradient: no selection
+    # forward. Full remat recomputes the layers instead; chunked attention keeps [4, H, L, L] scores from existing.
+    c.model.remat = "full"
+    c.model.attention_chunk = 512  # query blocks of 512 rows (see the docstring for the measured memory)
     c.model.attention = "xla"  # cudnn is GPU-only
     c.objective.mode = "slm"  # selective language modeling
     c.objective.ratio = 0.7  # paper: 70% of tokens for the 7B model
@@ -50,9 +58,7 @@ def get_config():
     c.data.score_cache = f"{BUCKET}/mistral7b-owm/scores"  # written by `rho-jax score`
     c.train.batch_size = 256  # x 4096 = 1M tokens per step
     c.train.steps = TOKENS // (c.train.batch_size * c.data.seq_len)  # 14305 steps = 15.0B tokens
-    # Micro-batch 128 = 2 sequences per chip (~22 GB of saved activations of 95 GB HBM). grad_accum=1
-    # may fit and drops the selection pass (a quarter of the step's FLOPs); measure before changing.
-    c.train.grad_accum = 2
+    c.train.grad_accum = 1  # 4 sequences per chip in one pass: 24.6 GiB of 95 (grad_accum=2 + selection: 66.7)
     c.train.lr = 2e-5  # paper
     c.train.warmup_steps = 100  # not stated in the paper: ~0.7% of the run
     c.train.peak_flops = 459e12  # v5p bf16 peak per chip, for MFU

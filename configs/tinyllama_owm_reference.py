@@ -9,8 +9,9 @@ config.init.reference of configs/tinyllama_owm_slm.py, which scores OpenWebMath 
 Weights: the same TinyLlama Orbax dir as configs/tinyllama_owm_slm.py (see there how to make it).
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v4-32 (16 chips x 275 TFLOP/s bf16 peak) at an assumed 40% MFU: 1.50B tokens x 6.76 GFLOP/token (train
-  6.76) = 1.01e+19 FLOPs -> 1.6 h.
+  v4-32 (16 chips x 275 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 1.50B tokens x 7.08
+  GFLOP/token executed (model 6.76: train 6.76; remat recompute (dots_with_no_batch_dims_saveable) 0.32) =
+  1.06e+19 FLOPs -> 1.7 h.
 """
 
 from rho_jax.config import base_config

@@ -23,10 +23,18 @@ Full sequence (gs:// paths throughout; README "Data at scale" has the Dataflow o
        tpu/run.sh --run-name slm --detach -- rho-jax train --config=configs/tinyllama_owm_slm.py
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v4-32 (16 chips x 275 TFLOP/s bf16 peak) at an assumed 40% MFU: 15.00B tokens x 9.01 GFLOP/token
-  (train 6.76 + selection pass 2.25) = 1.35e+20 FLOPs -> 21.3 h. Offline scoring (reference forward):
-  2.25 GFLOP/token = 3.38e+19 FLOPs -> 5.3 h. Whole pipeline: reference training 1.01e+19 (v4-32) +
-  scoring 3.38e+19 + SLM 1.35e+20 = 1.79e+20 FLOPs -> 28.3 h.
+  v4-32 (16 chips x 275 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 15.00B tokens x 9.20
+  GFLOP/token executed (model 6.76: train 6.76; remat recompute (full) 2.44) = 1.38e+20 FLOPs -> 21.8 h.
+  Offline scoring (reference forward): 2.25 GFLOP/token = 3.38e+19 FLOPs -> 5.3 h. Whole pipeline: reference
+  training 1.06e+19 (v4-32) + scoring 3.38e+19 + SLM 1.38e+20 = 1.82e+20 FLOPs -> 28.8 h.
+
+Exact global selection, per chip (compiled step's memory analysis on 16 simulated devices, CPU compiler's
+buffer assignment; `python scripts/selection_memory.py`, 2026-11-30; executed GFLOP/token from rho_jax.estimate):
+  (a) grad_accum=8 + no-grad selection pass, remat dots_with_no_batch_dims: 21.0 GiB, 9.33 GFLOP/token
+  (b) grad_accum=1, one pass, remat full, attention_chunk=256 (this config): 25.5 GiB, 9.20 GFLOP/token
+      remat full without chunked attention: 77.8 GiB; dots_with_no_batch_dims + chunk 256: 116 GiB (do not fit)
+(b) removes the selection pass (model FLOPs 9.01 -> 6.76) but recomputes the layers' forward under remat, so
+the executed work drops only 1.4%; it also all-gathers the FSDP weights once per step instead of per micro-batch.
 """
 
 from rho_jax.config import base_config
@@ -47,9 +55,12 @@ def get_config():
     c.model.update(vocab_size=32000, d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4, d_ff=5632,
                    rope_theta=10000.0, rms_eps=1e-5, max_positions=2048, tie_embeddings=False, arch="llama")
     c.model.dtype = "bfloat16"  # bf16 compute; master weights and Adam state stay f32
-    # Saves weight matmuls only: dots_saveable would also keep the [B, H, L, L] attention scores
-    # (~12 GB per 2048-token sequence at f32), far over a v4 chip's 32 GB.
-    c.model.remat = "dots_with_no_batch_dims_saveable"
+    # Exact global selection in ONE pass: the whole per-chip batch (32 rows) goes through one forward whose CE
+    # feeds both the top-k and the gradient, so there is no separate selection forward. That needs full remat
+    # (the layer forward is recomputed in the backward instead) and query-chunked attention (no [32, H, L, L]
+    # scores): measured 25.5 GiB per chip of 32 (see the docstring); dots_with_no_batch_dims_saveable would need 116.
+    c.model.remat = "full"
+    c.model.attention_chunk = 256  # query blocks of 256: the scores of 32 rows never exist whole
     c.model.attention = "xla"  # cudnn is GPU-only
     c.objective.mode = "slm"  # selective language modeling
     c.objective.ratio = 0.6  # paper: 60% of tokens for the 1B model
@@ -62,7 +73,7 @@ def get_config():
     c.data.score_cache = f"{BUCKET}/tinyllama-owm/scores"  # written by `rho-jax score`, read in cached mode
     c.train.batch_size = 512  # x 2048 = 1M tokens per step (paper)
     c.train.steps = TOKENS // (c.train.batch_size * c.data.seq_len)  # 14305 steps = 15.0B tokens
-    c.train.grad_accum = 8  # micro-batch 64 = 4 sequences per chip: activations ~8 GB of 32 GB HBM
+    c.train.grad_accum = 1  # 32 sequences per chip in one pass (grad_accum=8 + selection pass: see the docstring)
     c.train.lr = 8e-5  # paper
     c.train.warmup_steps = 100  # not stated in the paper: ~0.7% of the run
     c.train.peak_flops = 275e12  # v4 bf16 peak per chip, for MFU

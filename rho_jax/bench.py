@@ -39,8 +39,9 @@ def _peak_memory() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host max RSS"
 
 
-def build_mode(config, mode: str):
-    """A zero-argument callable running one step of `mode` (blocking on its output) and its FLOPs/token."""
+def build_mode(config, mode: str, host: dict | None = None):
+    """A zero-argument callable running one step of `mode` (blocking on its output), its FLOPs/token
+    and its compiled memory. `host` is the numpy batch (default: random, two documents per row)."""
     c = config.copy_and_resolve_references()
     with c.unlocked():
         c.objective.mode = "clm" if mode == "clm" else "slm"
@@ -49,7 +50,8 @@ def build_mode(config, mode: str):
     rules = tuple(tuple(r) for r in c.mesh.rules)
     m_cfg = config_lib.model_config(c)
     b, seq = c.train.batch_size, c.data.seq_len
-    host = random_batch(np.random.default_rng(0), b, seq, m_cfg.vocab_size, docs_per_row=2)
+    if host is None:
+        host = random_batch(np.random.default_rng(0), b, seq, m_cfg.vocab_size, docs_per_row=2)
     bsh = sharding.batch_sharding(mesh)
     batch = {k: jax.device_put(v, bsh) for k, v in host.items()}
     spec = train.StepSpec.from_config(c, m_cfg, m_cfg)

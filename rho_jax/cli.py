@@ -27,7 +27,7 @@ COMMANDS = {
     "eval": "few-shot accuracy and held-out losses of a model",
     "analyze": "token categories, selected-token HTML and plots of a training or demo workdir",
     "convert": "HF dir / GGUF -> Orbax model dir, or Orbax model dir -> HF dir",
-    "bench": "step time, tokens/s, MFU and peak memory of CLM, SLM and scoring",
+    "bench": "step time, tokens/s, MFU and peak memory of CLM, SLM and scoring (--peer: beside a PyTorch peer)",
     "demo": "the end-to-end Rho-1 demo (tokenizer, base, reference, scoring, CLM vs SLM, eval, report)",
 }
 
@@ -82,6 +82,11 @@ def _define_flags(cmd: str):
         flags.DEFINE_string("name", "", "a heading for the table", flag_values=fv)
         flags.DEFINE_bool("input", False, "also time the input pipeline (imports seqio/TF) against CLM consumption",
                           flag_values=fv)
+        flags.DEFINE_bool("peer", False, "side by side with the PyTorch peer (HF Llama; needs the bench extra: torch, "
+                          "transformers)", flag_values=fv)
+        flags.DEFINE_bool("peer_compile", True, "with --peer: also time a torch.compile peer", flag_values=fv)
+        flags.DEFINE_string("variants", "", "with --peer: extra rho-jax runners, e.g. 'unrolled:scan_layers=false' "
+                            "(model field overrides, ';' between runners)", flag_values=fv)
     return fv
 
 
@@ -239,10 +244,18 @@ def cmd_bench(fv, _):
     if unknown:
         raise UsageError(f"rho-jax bench: --modes has {unknown}; choose from {list(bench.MODES)}")
     config = _resolved_config(fv)
-    rows = bench.run(config, tuple(fv.modes), fv.warmup, fv.iters)
-    text = bench.table(config, rows, fv.name or "rho-jax bench", fv.iters)
-    if fv.input:
-        text += bench.input_table(config, rows)
+    if fv.peer:
+        from rho_jax import sidebyside  # imports torch: only here
+
+        modes = tuple(m for m in fv.modes if m in sidebyside.PEER_MODES)
+        rows = sidebyside.run(config, modes, fv.warmup, fv.iters, fv.peer_compile,
+                              variants=sidebyside.parse_variants(fv.variants))
+        text = sidebyside.table(config, rows, fv.name or "rho-jax vs PyTorch peer", fv.iters)
+    else:
+        rows = bench.run(config, tuple(fv.modes), fv.warmup, fv.iters)
+        text = bench.table(config, rows, fv.name or "rho-jax bench", fv.iters)
+        if fv.input:
+            text += bench.input_table(config, rows)
     print(text)
     if fv.append:
         with open("BENCHMARKS.md", "a") as out:

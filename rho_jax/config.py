@@ -13,7 +13,7 @@ import re
 
 import ml_collections
 
-from rho_jax.objective import SCOPES, SCORE_FUNCTIONS, WEIGHTINGS, needs_ref
+from rho_jax.objective import CONFIG_SCOPES, SCORE_FUNCTIONS, WEIGHTINGS, needs_ref
 from rho_jax.sharding import DEFAULT_RULES, mesh_shape
 
 OBJECTIVE_MODES = ("clm", "slm")
@@ -112,7 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, head_dim=0,
         rope_theta=10000.0, rms_eps=1e-5, max_positions=256, tie_embeddings=False, sliding_window=0,
-        arch="llama", dtype="float32", remat="none", attention="xla", init_std=0.02))
+        arch="llama", dtype="float32", remat="none", attention="xla", attention_chunk=0, scan_layers=True,
+        init_std=0.02))
 
     c.init = ml_collections.ConfigDict(dict(
         target="",  # '' = random init; else an HF dir, a .gguf file or an Orbax checkpoint dir
@@ -126,6 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
         ratio_end=-1.0,  # < 0: constant ratio; else linear from ratio to ratio_end over train.steps
         score="excess",  # see rho_jax.objective.SCORE_FUNCTIONS; target_loss needs no reference (ESLM)
         scope="batch",  # batch (global top-k, the paper) | sequence (k per row) | document (whole segments)
+        # | micro_batch (k per micro-batch under train.grad_accum > 1: approximate, no selection pass)
         weighting="hard",  # hard top-k mask | soft (softmax of the score / temperature, mean 1) | prob (DFT)
         temperature=1.0,  # soft weighting only
         reference="online",  # online (reference forward in the step) | cached (ref_ce from the score cache)
@@ -218,8 +220,8 @@ def validate(c: ml_collections.ConfigDict, n_devices: int | None = None) -> None
     if o.score not in SCORE_FUNCTIONS:
         raise ConfigError(f"config.objective.score={o.score!r} is not a score function; "
                           f"expected one of {SCORE_FUNCTIONS}")
-    if o.scope not in SCOPES:
-        raise ConfigError(f"config.objective.scope={o.scope!r}; expected one of {SCOPES}")
+    if o.scope not in CONFIG_SCOPES:
+        raise ConfigError(f"config.objective.scope={o.scope!r}; expected one of {CONFIG_SCOPES}")
     if o.weighting not in WEIGHTINGS:
         raise ConfigError(f"config.objective.weighting={o.weighting!r}; expected one of {WEIGHTINGS}")
     if o.reference not in REFERENCE_MODES:

@@ -8,9 +8,14 @@ Per processed token, inside one train step (the usual model-FLOPs count, as in `
   ema        2·N + 2·L·s·d   SLM with reference='ema' only (the forward of the target's EMA)
 With reference='cached' the reference forward runs once, offline, in the scoring job instead
 (`score_*` fields). An SLM plan with its reference run adds the reference's training: the whole
-pipeline is reference training + scoring + SLM (`Pipeline`). Time = FLOPs / (chips · peak · MFU);
-the MFU is an assumption, stated with the numbers. Recomputation under remat is not counted (the
-MFU convention: model FLOPs only). Per-stage rules: `rho_jax.flops.step_flops_per_token`.
+pipeline is reference training + scoring + SLM (`Pipeline`). Per-stage rules:
+`rho_jax.flops.step_flops_per_token`. The hardware also recomputes under remat:
+  recompute  full remat: the layers' forward, 2·(N - N_head) + 2·L·s·d;
+             dots_with_no_batch_dims_saveable: the attention dots, 2·L·s·d; dots_saveable / none: 0;
+             plus the chunked CE's head matmul, 2·d·V, when ce_chunk > 0 (its chunk body is remat),
+             plus the attention dots again when model.attention_chunk > 0 (query blocks are remat)
+`hardware_flops_per_token` is what a step really executes. Time = executed FLOPs / (chips · peak · u),
+u an assumed utilisation stated with the numbers (so trading a selection pass for remat shows its real cost).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class RunEstimate:
     reference_flops_per_token: float
     score_flops_per_token: float  # offline scoring job (reference='cached'), 0 otherwise
     ema_flops_per_token: float = 0.0  # reference='ema': the EMA's forward in the step
+    recompute_flops_per_token: float = 0.0  # remat recomputation in the gradient pass (not model FLOPs)
 
     @property
     def step_flops_per_token(self) -> float:
@@ -68,8 +74,13 @@ class RunEstimate:
                 + self.ema_flops_per_token)
 
     @property
+    def hardware_flops_per_token(self) -> float:
+        return self.step_flops_per_token + self.recompute_flops_per_token
+
+    @property
     def total_flops(self) -> float:
-        return self.tokens * self.step_flops_per_token
+        """Executed FLOPs of the run (model FLOPs + remat recompute): what the hours are computed from."""
+        return self.tokens * self.hardware_flops_per_token
 
     def hours(self, total_flops: float) -> float:
         return total_flops / (self.chips * self.peak_flops * self.mfu) / 3600.0
@@ -101,7 +112,20 @@ def estimate(config, slice_name: str, mfu: float = ASSUMED_MFU) -> RunEstimate:
         tokens=config.train.steps * config.train.batch_size * seq,
         train_flops_per_token=stage["train_flops"], selection_flops_per_token=stage["selection_flops"],
         reference_flops_per_token=stage["reference_flops"], ema_flops_per_token=stage["ema_reference_flops"],
-        score_flops_per_token=flops.reference_flops_per_token(cfg, seq) if spec.cached else 0.0)
+        score_flops_per_token=flops.reference_flops_per_token(cfg, seq) if spec.cached else 0.0,
+        recompute_flops_per_token=recompute_flops_per_token(cfg, seq, int(config.objective.ce_chunk)))
+
+
+def recompute_flops_per_token(cfg, seq_len: int, ce_chunk: int = 0) -> float:
+    """FLOPs per token that remat re-executes in the backward pass (hardware work beyond model FLOPs)."""
+    attn = flops.attention_flops_per_token(cfg, seq_len, 1)
+    head = 2.0 * cfg.d_model * cfg.vocab_size
+    layers = {"none": 0.0, "dots_saveable": 0.0, "dots_with_no_batch_dims_saveable": attn,
+              "full": 2.0 * flops.matmul_params(cfg) - head + attn}
+    if cfg.remat not in layers:
+        raise KeyError(f"no recompute count for remat={cfg.remat!r}; add it to rho_jax.estimate")
+    chunked = attn if cfg.attention_chunk and cfg.attention == "xla" else 0.0  # its blocks are remat too
+    return layers[cfg.remat] + chunked + (head if ce_chunk else 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,9 +157,12 @@ def summary(config, slice_name: str, mfu: float = ASSUMED_MFU, reference: RunEst
         parts.append(f"online reference {e.reference_flops_per_token / g:.2f}")
     if e.ema_flops_per_token:
         parts.append(f"EMA reference {e.ema_flops_per_token / g:.2f}")
+    remat = config_lib.model_config(config).remat
     text = (f"{slice_name} ({e.chips} chips x {e.peak_flops / 1e12:.0f} TFLOP/s bf16 peak) at an assumed "
-            f"{e.mfu:.0%} MFU: {e.tokens / g:.2f}B tokens x {e.step_flops_per_token / g:.2f} GFLOP/token "
-            f"({' + '.join(parts)}) = {e.total_flops:.3g} FLOPs -> {e.train_hours:.1f} h.")
+            f"{e.mfu:.0%} of peak on executed FLOPs: {e.tokens / g:.2f}B tokens x "
+            f"{e.hardware_flops_per_token / g:.2f} GFLOP/token executed (model {e.step_flops_per_token / g:.2f}: "
+            f"{' + '.join(parts)}; remat recompute ({remat}) {e.recompute_flops_per_token / g:.2f}) = "
+            f"{e.total_flops:.3g} FLOPs -> {e.train_hours:.1f} h.")
     if e.score_flops_per_token:
         text += (f" Offline scoring (reference forward): {e.score_flops_per_token / g:.2f} GFLOP/token = "
                  f"{e.score_flops:.3g} FLOPs -> {e.score_hours:.1f} h.")

@@ -67,7 +67,7 @@ def step_flops_per_token(spec, seq_len: int) -> dict[str, float]:
     forward = reference_flops_per_token(t, seq_len)
     return {
         "train_flops": train_flops_per_token(t, seq_len),
-        "selection_flops": forward if spec.slm and spec.grad_accum > 1 else 0.0,
+        "selection_flops": forward if spec.slm and spec.grad_accum > 1 and spec.scope != "micro_batch" else 0.0,
         "reference_flops": reference_flops_per_token(spec.ref_model, seq_len) if spec.online else 0.0,
         "ema_reference_flops": forward if spec.ema else 0.0,
     }

@@ -56,6 +56,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: "float32" or "bfloat16"
     remat: str = "none"  # a key of REMAT_POLICIES
     attention: str = "xla"  # "xla" (einsum, any mask) or "cudnn" (fused kernel on GPU)
+    attention_chunk: int = 0  # xla only: > 0 scans query blocks of this many rows, each rematerialised,
+    # so no [B, H, L, L] score tensor is ever whole (the memory of a full-batch step at long sequences)
+    scan_layers: bool = True  # False unrolls the layer loop (same parameters): faster for tiny CPU models
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -65,6 +68,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.attention={self.attention!r}; expected one of {ATTENTION_IMPLS}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.attention_chunk < 0:
+            raise ValueError(f"ModelConfig.attention_chunk={self.attention_chunk}; expected 0 (off) or a block size")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"ModelConfig.dtype={self.dtype!r}; expected float32, bfloat16 or float16")
 
@@ -136,6 +141,20 @@ def _attend_xla(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS):
     return out.reshape(b, t, h, hd)
 
 
+def _attend_xla_chunked(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, chunk: int):
+    """`_attend_xla` over query blocks of `chunk` rows (T must divide into them), each under jax.checkpoint:
+    peak score memory is [B, H, chunk, S] in the forward and the backward; exact (softmax is per query)."""
+    b, t, h, hd = q_BxTxHxK.shape
+    if t % chunk:
+        raise ValueError(f"attention_chunk={chunk} does not divide the sequence length {t}")
+    n = t // chunk
+    q_NxBxCxHxK = q_BxTxHxK.reshape(b, n, chunk, h, hd).swapaxes(0, 1)
+    mask_NxBxCxS = mask_BxTxS.reshape(b, n, chunk, -1).swapaxes(0, 1)
+    block = jax.checkpoint(lambda q, m: _attend_xla(q, k_BxSxGxK, v_BxSxGxK, m))
+    out_NxBxCxHxK = jax.lax.map(lambda x: block(*x), (q_NxBxCxHxK, mask_NxBxCxS))
+    return out_NxBxCxHxK.swapaxes(0, 1).reshape(b, t, h, hd)
+
+
 def _attend_cudnn(q, k, v, mask_BxTxS, plain_causal: bool):
     # cuDNN's fused kernel takes GQA K/V unrepeated; a plain causal mask avoids a dense mask input.
     if plain_causal:
@@ -169,6 +188,8 @@ class Attention(nn.Module):
             k, v = k_cache.astype(dt), v_cache.astype(dt)
         if cfg.attention == "cudnn" and kv_cache is None:
             out = _attend_cudnn(q, k, v, mask_BxTxS, self.plain_causal)
+        elif cfg.attention_chunk and kv_cache is None and q.shape[1] > cfg.attention_chunk:
+            out = _attend_xla_chunked(q, k, v, mask_BxTxS, cfg.attention_chunk)
         else:
             out = _attend_xla(q, k, v, mask_BxTxS)
         out = nn.with_logical_constraint(out, ("batch", "length", "q_heads", "head_dim"))
@@ -244,6 +265,7 @@ class Transformer(nn.Module):
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
             length=cfg.n_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
+            unroll=1 if cfg.scan_layers else cfg.n_layers,
         )
         # cuDNN can use its built-in causal mask only when nothing else restricts attention; the
         # packed/padded case passes the dense mask. `plain_causal` is a trace-time fact of the call.

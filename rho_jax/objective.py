@@ -32,6 +32,9 @@ sg = jax.lax.stop_gradient
 SCORE_FUNCTIONS = ("excess", "reverse_excess", "ref_loss", "ref_entropy", "random",
                    "ref_loss_and_entropy", "ref_loss_or_entropy", "target_loss")
 SCOPES = ("batch", "sequence", "document")  # document: selection.select_documents
+# objective.scope may also be micro_batch: train.py runs "batch" within each micro-batch (approximate
+# under grad accumulation), so the config accepts one more scope than slm_objective does.
+CONFIG_SCOPES = SCOPES + ("micro_batch",)
 WEIGHTINGS = ("hard", "soft", "prob")  # prob: selection.prob_weights on top of the hard mask
 _RATIO_SCALE = 1_000_000  # ratios are exact to 6 decimal places
 

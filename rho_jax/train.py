@@ -14,7 +14,8 @@ Online and cached SLM therefore run the same jitted step on bit-identical inputs
 
 With gradient accumulation the selection still runs over the whole global batch: a no-grad
 pass computes the scores of every micro-batch first, then the gradient pass reuses those weights
-with the global normaliser.
+with the global normaliser. scope='micro_batch' (approximate) skips that pass and selects the top k
+within each micro-batch instead.
 """
 
 from __future__ import annotations
@@ -149,8 +150,9 @@ def _selection(spec: StepSpec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL,
     ratio = objective.ratio_at(step, spec.ratio, spec.ratio_end if spec.ratio_end >= 0 else None,
                                spec.total_steps)
     return objective.slm_objective(ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, ratio=ratio, score=spec.score,
-                                   scope=spec.scope, weighting=spec.weighting, temperature=spec.temperature,
-                                   rng=rng, segment_ids_BxL=segment_ids_BxL)
+                                   scope="batch" if spec.scope == "micro_batch" else spec.scope,  # one micro-batch
+                                   weighting=spec.weighting, temperature=spec.temperature, rng=rng,
+                                   segment_ids_BxL=segment_ids_BxL)
 
 
 def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng, ema_params=None):
@@ -188,6 +190,8 @@ def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng, ema_params=No
 
     mbs = jax.tree.map(lambda x: _micro(x, a), {k: batch[k] for k in BATCH_KEYS})
     targets_m = _micro(targets_BxL, a)
+    if spec.slm and spec.scope == "micro_batch":
+        return _micro_batch_scope(spec, params, step, rng, mbs, targets_m, valid_BxL, ref_ce_BxL, ref_ent_BxL)
     if spec.slm:  # scores of every micro-batch first: the top-k must see the whole global batch
         sg_params = jax.lax.stop_gradient(params)
         ce_m = jax.lax.map(lambda x: token_ce(spec.model, sg_params, x[0], x[1], ce_chunk=spec.ce_chunk)[0],
@@ -206,6 +210,46 @@ def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng, ema_params=No
     zeros = jax.tree.map(jnp.zeros_like, params)
     (loss, grads), ce_m = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), (mbs, targets_m, _micro(weight_BxL, a)))
     return loss, grads, _unmicro(ce_m), weight_BxL, stats
+
+
+def _micro_batch_scope(spec: StepSpec, params, step, rng, mbs, targets_m, valid_BxL, ref_ce_BxL, ref_ent_BxL):
+    """scope='micro_batch' under grad accumulation (APPROXIMATE): top-k within each micro-batch from the
+    CE of the gradient pass itself, so there is no selection pass. k_i = ceil(ratio * n_valid_i); the loss
+    is normalised once by sum_i k_i (soft weighting: by n_valid; prob: by sum_i k_i, its weights have mean 1). Stats are pooled over micro-batches."""
+    a = spec.grad_accum
+    valid_m = _micro(valid_BxL, a)
+    ratio = objective.ratio_at(step, spec.ratio, spec.ratio_end if spec.ratio_end >= 0 else None, spec.total_steps)
+    if spec.weighting in ("hard", "prob"):  # prob weights have mean 1 over the selected tokens
+        denom = jnp.sum(objective.compute_k(jnp.sum(valid_m, axis=(1, 2), dtype=jnp.int32), ratio)).astype(jnp.float32)
+    else:
+        denom = jnp.sum(valid_BxL, dtype=jnp.float32)
+    denom = jnp.maximum(denom, 1e-9)
+    none_m = jnp.zeros((a,), jnp.float32)  # placeholder xs for absent reference arrays
+    ref_m = _micro(ref_ce_BxL, a) if ref_ce_BxL is not None else none_m
+    ent_m = _micro(ref_ent_BxL, a) if ref_ent_BxL is not None else none_m
+
+    def loss_fn(p, mb, targets, valid, ref, ent, key):
+        ce, _ = token_ce(spec.model, p, mb, targets, ce_chunk=spec.ce_chunk)
+        weight, stats = objective.slm_objective(
+            jax.lax.stop_gradient(ce), valid, ref if ref.ndim == 2 else None, ent if ent.ndim == 2 else None,
+            ratio=ratio, score=spec.score, scope="batch", weighting=spec.weighting, temperature=spec.temperature,
+            rng=key)
+        return jnp.sum(ce * weight) / denom, (ce, weight, stats)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def body(acc, x):
+        (loss, (ce, weight, stats)), g = grad_fn(params, *x)
+        return (acc[0] + loss, jax.tree.map(jnp.add, acc[1], g)), (ce, weight, stats)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    xs = (mbs, targets_m, valid_m, ref_m, ent_m, jax.random.split(rng, a))
+    (loss, grads), (ce_m, weight_m, stats_m) = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), xs)
+    n_valid, n_selected = jnp.sum(stats_m["n_valid"]), jnp.sum(stats_m["n_selected"])
+    stats = {k: jnp.mean(v) for k, v in stats_m.items()}  # per-micro-batch means (equal-size micro-batches)
+    stats.update(n_valid=n_valid, n_selected=n_selected, threshold=jnp.min(stats_m["threshold"]),
+                 selected_fraction=n_selected / jnp.maximum(n_valid, 1).astype(jnp.float32))
+    return loss, grads, _unmicro(ce_m), _unmicro(weight_m), stats
 
 
 def train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainState,
