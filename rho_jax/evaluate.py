@@ -1,5 +1,5 @@
-"""Evaluation: held-out loss, few-shot accuracy (batched greedy decoding with the KV cache), answer
-extraction, and the GSM8K solution loss.
+"""Evaluation: held-out loss, few-shot accuracy (batched greedy decoding with the KV cache; answers are
+read by rho_jax.answers), and the GSM8K solution loss.
 
     rho-jax eval --checkpoint=DIR [--tasks=gsm8k100,asdiv,heldout:champ_clean] [--limit=N] [--shots=K]
 
@@ -10,115 +10,24 @@ eval sets.
 
 from __future__ import annotations
 
-import fractions
-import functools
 import importlib.resources
 import json
 import os
-import re
-from decimal import Decimal, InvalidOperation
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from rho_jax import objective
-from rho_jax.score import token_ce
+from rho_jax import losses
+from rho_jax.answers import is_numeric_answer, score_completions
+from rho_jax.checkpoint import load_weights  # `checkpoint` names command()'s argument
+from rho_jax.config import ConfigError, base_config
+from rho_jax.data.corpora import eval_examples
+from rho_jax.data.inputs import heldout_dirs, heldout_rows, load_text_tokenizer, tokenizer_path
+from rho_jax.distributed import is_primary
+from rho_jax.generate import greedy_generate
 
-STOP = "\nQuestion:"  # a completion ends where the model starts the next few-shot question
-FORMATS = ("gsm8k", "number")
-# A number: optional sign (not after a word character, so "3-5" gives 3 and 5), optional $, thousands
-# groups of exactly three digits, decimals, or a fraction a/b.
-_NUMBER = re.compile(r"(?:(?<![\w)])-)?\$?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?")
-_MARKER = re.compile(r"answer is|answer:", re.IGNORECASE)
-# A gold answer that is a number, optionally followed by a unit phrase: "9 apples", "$5", "12 inches of snow."
-_NUMERIC_GOLD = re.compile(r"\s*(" + _NUMBER.pattern + r")(?:\s+[A-Za-z][A-Za-z .'-]*)?\.?\s*")
-
-
-# ---- answers ----
-
-def normalize_number(text: str) -> str | None:
-    """Canonical string of one number: "1,000" -> "1000", "$3.50" -> "3.5", "-0" -> "0"; "1/2" stays "1/2"."""
-    s = text.strip().rstrip(".").replace(",", "").replace("$", "")
-    if re.fullmatch(r"-?\d+/\d+", s):
-        return s
-    try:
-        d = Decimal(s)
-    except InvalidOperation:
-        return None
-    if d == d.to_integral_value():
-        return str(int(d))
-    return format(d.normalize(), "f")
-
-
-def _numbers(text: str) -> list[str]:
-    return [n for n in (normalize_number(m.group()) for m in _NUMBER.finditer(text)) if n is not None]
-
-
-def extract_answer(text: str, fmt: str = "gsm8k") -> str | None:
-    """The final answer in a model's completion, as a normalised number string (None when there is none).
-
-    gsm8k:  the first number after the first '####', else the last number in the text.
-    number: the first number after the first 'answer is' / 'Answer:', else the last number in the text.
-    """
-    if fmt not in FORMATS:
-        raise ValueError(f"answer format {fmt!r}; expected one of {FORMATS}")
-    marker = text.find("####") if fmt == "gsm8k" else (m.start() if (m := _MARKER.search(text)) else -1)
-    if marker >= 0:
-        after = _numbers(text[marker:].lstrip("#"))
-        if after:
-            return after[0]
-    numbers = _numbers(text)
-    return numbers[-1] if numbers else None
-
-
-def is_numeric_answer(gold: str) -> bool:
-    """True for golds like "9", "1,000", "$5", "12 inches of snow"; False for "3:30 p.m.", "Mrs. Hilt", "5:6"."""
-    return _NUMERIC_GOLD.fullmatch(gold) is not None
-
-
-def _canonical(answer: str):
-    """A comparable key: a Fraction for numeric answers, else the lower-cased text without a final period."""
-    m = _NUMERIC_GOLD.fullmatch(answer)
-    number = normalize_number(m.group(1)) if m else None
-    if number is not None:
-        try:
-            return fractions.Fraction(number)
-        except ZeroDivisionError:
-            return number
-    return answer.strip().rstrip(".").strip().lower()
-
-
-def answers_match(pred: str | None, gold: str) -> bool:
-    """Numeric equality when both are numbers ("3.50" == "3.5", "1,000" == "1000", "9 apples" == "9"),
-    else case-insensitive text equality. A missing prediction never matches."""
-    if pred is None:
-        return False
-    return _canonical(str(pred)) == _canonical(str(gold))
-
-
-def cut_completion(text: str) -> str:
-    """The completion up to the model's next few-shot question."""
-    i = text.find(STOP)
-    return text if i < 0 else text[:i]
-
-
-def score_completions(items: list[dict], completions: list[str], fmt: str = "gsm8k") -> dict:
-    """Scores completions against items ({id, question, answer}); the pure half of `few_shot_accuracy`.
-
-    Returns {accuracy, n, correct, predictions: [{id, question, gold, completion, pred, correct}]}.
-    """
-    if len(items) != len(completions):
-        raise ValueError(f"{len(items)} items but {len(completions)} completions")
-    predictions = []
-    for item, completion in zip(items, completions):
-        completion = cut_completion(completion)
-        pred = extract_answer(completion, fmt)
-        predictions.append({"id": item.get("id"), "question": item.get("question"), "gold": item["answer"],
-                            "completion": completion, "pred": pred, "correct": answers_match(pred, item["answer"])})
-    correct = sum(p["correct"] for p in predictions)
-    return {"accuracy": correct / len(items) if items else float("nan"), "n": len(items), "correct": correct,
-            "predictions": predictions}
+TASK_PROMPTS = {"gsm8k100": "gsm8k_fewshot", "asdiv": "asdiv_fewshot"}
 
 
 # ---- prompts ----
@@ -152,8 +61,6 @@ def few_shot_accuracy(cfg, params, tokenizer, items: list[dict], prompt: str, fm
     left. Decoding stops at EOS or after max_new_tokens; the text is cut at the next '\\nQuestion:'.
     Prompts run in length order (less padding), in fixed-size batches (one compilation per length bucket).
     """
-    from rho_jax.generate import greedy_generate
-
     limit = cfg.max_positions - max_new_tokens
     limit = min(limit, max_prompt_tokens) if max_prompt_tokens else limit
     if limit < 1:
@@ -176,38 +83,13 @@ def few_shot_accuracy(cfg, params, tokenizer, items: list[dict], prompt: str, fm
 
 # ---- losses ----
 
-@functools.lru_cache(maxsize=None)
-def _sum_ce_fn(cfg, ce_chunk: int):
-    def fn(params, batch):
-        targets_BxL, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
-        ce_BxL, _ = token_ce(cfg, params, batch, targets_BxL, ce_chunk=ce_chunk)
-        weight_BxL = valid_BxL & batch["loss_mask"] if "loss_mask" in batch else valid_BxL
-        return jnp.sum(jnp.where(weight_BxL, ce_BxL, 0.0)), jnp.sum(weight_BxL)
-
-    return jax.jit(fn)
-
-
-def _sum_ce(cfg, params, examples: dict, batch_size: int, ce_chunk: int, keys) -> tuple[float, int]:
-    n = len(examples["tokens"])
-    fn = _sum_ce_fn(cfg, ce_chunk)
-    total, count = 0.0, 0
-    for start in range(0, n, batch_size):
-        batch = {}
-        for k in keys:
-            x = np.asarray(examples[k][start:start + batch_size])
-            batch[k] = np.pad(x, ((0, batch_size - len(x)), (0, 0)))  # empty rows: no valid targets
-        s, c = jax.device_get(fn(params, batch))
-        total, count = total + float(s), count + int(c)
-    return total, count
-
-
 def heldout_loss(cfg, params, examples: dict, batch_size: int = 8, ce_chunk: int = 0) -> float:
     """Mean CE (nats) over every valid target token of `examples` ({tokens, segment_ids, positions}: [N, L]).
 
     Exact over the whole set: sums CE and counts across batches (the last batch is padded with
     empty rows, which have no valid targets)."""
-    ints = {k: np.asarray(examples[k], np.int32) for k in ("tokens", "segment_ids", "positions")}
-    total, count = _sum_ce(cfg, params, ints, batch_size, ce_chunk, ("tokens", "segment_ids", "positions"))
+    ints = {k: np.asarray(examples[k], np.int32) for k in losses.ROW_KEYS}
+    total, count = losses.summed_ce(cfg, params, ints, batch_size, ce_chunk)
     if count == 0:
         raise ValueError("held-out examples have no valid target tokens")
     return total / count
@@ -252,22 +134,30 @@ def solution_loss(cfg, params, tokenizer, items: list[dict], batch_size: int = 8
     examples = solution_examples(tokenizer, items, min(seq_len, cfg.max_positions))
     if not len(examples["tokens"]):
         raise ValueError("no item has a solution; the solution loss needs items with a 'solution' text")
-    total, count = _sum_ce(cfg, params, examples, batch_size, ce_chunk,
-                           ("tokens", "segment_ids", "positions", "loss_mask"))
+    total, count = losses.summed_ce(cfg, params, examples, batch_size, ce_chunk, losses.ROW_KEYS + ("loss_mask",))
     return total / count
 
 
-# ---- `rho-jax eval` ----
+# ---- few-shot tasks and `rho-jax eval` ----
 
-TASK_PROMPTS = {"gsm8k100": "gsm8k_fewshot", "asdiv": "asdiv_fewshot"}
+def task_items(task: str, limit: int | None = None) -> list[dict]:
+    """The first `limit` (None: all) problems of gsm8k100 or asdiv (numeric golds only: greedy
+    extraction reads numbers)."""
+    items = eval_examples(task)
+    if task == "asdiv":
+        items = [it for it in items if is_numeric_answer(it["answer"])]
+    return items[:limit] if limit else items
+
+
+def few_shot_task(cfg, params, tokenizer, task: str, limit: int | None = None, shots: int | None = None,
+                  max_new_tokens: int = 128, batch_size: int = 8) -> dict:
+    """`few_shot_accuracy` on `task_items(task, limit)` with the task's prompt (its first `shots` examples)."""
+    return few_shot_accuracy(cfg, params, tokenizer, task_items(task, limit), load_prompt(TASK_PROMPTS[task], shots),
+                             "gsm8k", max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def _heldout_config(checkpoint: str, vocab: str, seq_len: int):
     """The data config for heldout:<source>: the run's own config.json when `checkpoint` is a workdir."""
-    import ml_collections
-
-    from rho_jax.config import base_config
-
     path = os.path.join(checkpoint, "config.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -280,13 +170,9 @@ def _heldout_config(checkpoint: str, vocab: str, seq_len: int):
 def run_tasks(cfg, params, tokenizer, tasks: list[str], limit: int | None = None, shots: int | None = None,
               max_new_tokens: int = 128, batch_size: int = 8, heldout_config=None) -> dict:
     """{task: results} for gsm8k100 (accuracy + solution loss), asdiv (numeric answers) and heldout:<source>."""
-    from rho_jax.data.corpora import eval_examples
-
     results = {}
     for task in tasks:
         if task.startswith("heldout:"):
-            from rho_jax.data.inputs import heldout_dirs, heldout_rows
-
             if heldout_config is None:
                 raise ValueError(f"task {task} needs a data config (a training workdir's config.json)")
             source = task.split(":", 1)[1]  # an eval source of the run's config, or a prepared directory
@@ -296,15 +182,9 @@ def run_tasks(cfg, params, tokenizer, tasks: list[str], limit: int | None = None
             continue
         if task not in TASK_PROMPTS:
             raise ValueError(f"unknown eval task {task!r}; expected gsm8k100, asdiv or heldout:<source>")
-        items = eval_examples(task)
-        if task == "asdiv":
-            items = [it for it in items if is_numeric_answer(it["answer"])]
-        items = items[:limit] if limit else items
-        fmt = "gsm8k"
-        res = few_shot_accuracy(cfg, params, tokenizer, items, load_prompt(TASK_PROMPTS[task], shots), fmt,
-                                max_new_tokens=max_new_tokens, batch_size=batch_size)
+        res = few_shot_task(cfg, params, tokenizer, task, limit, shots, max_new_tokens, batch_size)
         if task == "gsm8k100":
-            res["solution_loss"] = solution_loss(cfg, params, tokenizer, items, batch_size)
+            res["solution_loss"] = solution_loss(cfg, params, tokenizer, task_items(task, limit), batch_size)
         results[task] = res
     return results
 
@@ -312,27 +192,16 @@ def run_tasks(cfg, params, tokenizer, tasks: list[str], limit: int | None = None
 def command(checkpoint: str, vocab: str = "", tasks: str = "gsm8k100", limit: int = 0, shots: int | None = None,
             max_new_tokens: int = 128, batch_size: int = 8, seq_len: int = 256, out: str = "") -> int:
     """`rho-jax eval` (flags parsed by rho_jax.cli): prints the summary JSON, writes the full results to `out`."""
-    from rho_jax.config import ConfigError
-    from rho_jax.distributed import is_primary
-
     task_list = [t.strip() for t in tasks.split(",") if t.strip()]
     bad = [t for t in task_list if t not in TASK_PROMPTS and not t.startswith("heldout:")]
     if bad or not task_list:
         raise ConfigError(f"--tasks={tasks!r}: unknown task(s) {bad}; expected a comma list of "
                           f"{', '.join(TASK_PROMPTS)} or heldout:<source>")
-    from rho_jax.interop import load_tokenizer
-    from rho_jax.loop import load_model
-
     # A training workdir also holds a model_config.json at its top: its model is final/.
     final = os.path.join(checkpoint, "final")
-    cfg, params = load_model(final if os.path.isdir(final) else checkpoint, "checkpoint")
-    if not vocab:
-        from rho_jax.data.vocab import demo_vocab_path
-
-        vocab_path = str(demo_vocab_path())
-    else:
-        vocab_path = vocab
-    tokenizer = load_tokenizer(vocab_path)
+    cfg, params = load_weights(final if os.path.isdir(final) else checkpoint, "checkpoint")
+    vocab_path = str(tokenizer_path(vocab))
+    tokenizer = load_text_tokenizer(vocab)
     needs_data = any(t.startswith("heldout:") for t in task_list)
     hc = _heldout_config(checkpoint, vocab, seq_len) if needs_data else None
     results = run_tasks(cfg, params, tokenizer, task_list, limit or None, shots, max_new_tokens, batch_size, hc)

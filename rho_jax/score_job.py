@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 
 
 def _local_mesh(config):
@@ -34,22 +33,19 @@ def _score_shard(fn, ref_params, rows_path, out_path, rows_shard: dict, *, seq_l
     """Scores one rows shard into `out_path` (atomically, then its sidecar); returns the sidecar."""
     import jax
 
+    from rho_jax import losses
     from rho_jax.data import rows as rows_lib, scores as scores_lib
 
     def flush(writer, block):
-        n = len(block)
-        batch = {k: np.zeros((micro, seq_len), np.int32) for k in rows_lib.ROW_KEYS}
-        for i, row_3xL in enumerate(block):
-            for j, k in enumerate(rows_lib.ROW_KEYS):
-                batch[k][i] = row_3xL[j]
+        batch = losses.pad_rows(rows_lib.decode_rows(block, seq_len), micro)  # one compiled shape
         ref_ce_BxL, ref_ent_BxL = jax.device_get(fn(ref_params, batch))
-        for i in range(n):
+        for i in range(len(block)):  # the real rows only
             writer.write(scores_lib.encode_scores(ref_ce_BxL[i], ref_ent_BxL[i] if with_entropy else None))
 
     with rows_lib.ShardWriter(out_path) as writer:
         block = []
         for rec in rows_lib.read_records(rows_path):
-            block.append(rows_lib.decode_row(rec, seq_len))
+            block.append(rec)
             if len(block) == micro:
                 flush(writer, block)
                 block = []

@@ -1,5 +1,6 @@
 """Token categories (the paper's rule), per-token losses, the selected-token HTML, plots and `rho-jax analyze`."""
 
+import html
 import json
 
 import jax
@@ -120,7 +121,7 @@ def test_selected_html_escapes_text_and_marks_selection(tokenizer, tmp_path):
     page = open(path, encoding="utf-8").read()
     body = page.split("</h1>", 1)[1]
     for i in ids:
-        assert analysis.html.escape(analysis.token_text(tokenizer, i)) in body
+        assert html.escape(analysis.token_text(tokenizer, i)) in body
     assert "<b>" not in body and "&lt;" in body and "&amp;" in body and "T &lt;&amp;&gt;" in page
     assert body.count('class="sel" style=') == 2  # the selected targets
     assert body.count('class="unsel" style=') == n - 1 - 2  # the other targets (n tokens, n - 1 targets)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from rho_jax import cli, evaluate
+from rho_jax import answers, cli, evaluate
 from rho_jax.checkpoint import save_model
 from rho_jax.data.vocab import train_sentencepiece
 from rho_jax.generate import greedy_generate
@@ -43,12 +43,12 @@ ITEMS = [
     ("nothing numeric", "gsm8k", None),
 ])
 def test_extract_answer(text, fmt, want):
-    assert evaluate.extract_answer(text, fmt) == want
+    assert answers.extract_answer(text, fmt) == want
 
 
 def test_extract_answer_rejects_unknown_format():
     with pytest.raises(ValueError, match="format"):
-        evaluate.extract_answer("1", "latex")
+        answers.extract_answer("1", "latex")
 
 
 @pytest.mark.parametrize("pred, gold, want", [
@@ -57,12 +57,12 @@ def test_extract_answer_rejects_unknown_format():
     ("3", "3:30 p.m.", False), ("yes", "Yes", True), ("5", "5:6", False),
 ])
 def test_answers_match(pred, gold, want):
-    assert evaluate.answers_match(pred, gold) is want
+    assert answers.answers_match(pred, gold) is want
 
 
 def test_numeric_gold_answers():
-    assert all(evaluate.is_numeric_answer(g) for g in ("9", "1,000", "$5", "12 inches of snow", "3.5"))
-    assert not any(evaluate.is_numeric_answer(g) for g in ("Mrs. Hilt", "3:30 p.m.", "5:6", "6th"))
+    assert all(answers.is_numeric_answer(g) for g in ("9", "1,000", "$5", "12 inches of snow", "3.5"))
+    assert not any(answers.is_numeric_answer(g) for g in ("Mrs. Hilt", "3:30 p.m.", "5:6", "6th"))
 
 
 def test_score_completions_cuts_at_next_question():
@@ -71,7 +71,7 @@ def test_score_completions_cuts_at_next_question():
         " I do not know\nQuestion: x?\nAnswer: #### 10",  # the right number only after the cut: wrong
         " 6 * 3 = 18 pages\n#### 18.",
     ]
-    res = evaluate.score_completions(ITEMS, completions, "gsm8k")
+    res = answers.score_completions(ITEMS, completions, "gsm8k")
     assert [p["correct"] for p in res["predictions"]] == [True, False, True]
     assert [p["pred"] for p in res["predictions"]] == ["7", None, "18"]
     assert res["predictions"][0]["completion"] == " 3 + 4 = 7\n#### 7"
@@ -88,7 +88,7 @@ def test_prompts_are_consistent_worked_examples(name):
     for ex in examples:
         assert re.fullmatch(r"Question: [^\n]+\nAnswer: [^\n]+\n#### [\d.]+", ex), ex
         last_result = re.findall(r"= ([\d.]+)", ex)[-1]
-        assert evaluate.answers_match(evaluate.extract_answer(ex), last_result), ex
+        assert answers.answers_match(answers.extract_answer(ex), last_result), ex
 
 
 def test_prompts_do_not_use_eval_questions():
@@ -137,9 +137,9 @@ def test_few_shot_accuracy_equals_direct_generation(model, tokenizer):
     for item, p in zip(ITEMS, res["predictions"]):
         ids = tokenizer.encode(evaluate.question_prompt(prompt, item["question"]))[-110:]
         want = tokenizer.decode(greedy_generate(cfg, params, [ids], new, eos_id=tokenizer.eos_id)[0])
-        assert p["completion"] == evaluate.cut_completion(want)
-        assert p["pred"] == evaluate.extract_answer(p["completion"])
-        assert p["correct"] == evaluate.answers_match(p["pred"], item["answer"])
+        assert p["completion"] == answers.cut_completion(want)
+        assert p["pred"] == answers.extract_answer(p["completion"])
+        assert p["correct"] == answers.answers_match(p["pred"], item["answer"])
 
 
 def test_few_shot_accuracy_rejects_no_room_for_prompt(model, tokenizer):

@@ -40,10 +40,15 @@ def vocabulary_identity(path: str) -> str:
     return f"{kind}-sha256:{vocab_lib.file_sha256(p)}"
 
 
-def tokenizer_vocab_size(path: str) -> int:
+def load_text_tokenizer(path: str):
+    """The tokenizer (`rho_jax.interop.Tokenizer`) of `path`, or of the demo vocabulary when `path` is ''."""
     from rho_jax.interop import load_tokenizer
 
-    return load_tokenizer(str(tokenizer_path(path))).vocab_size
+    return load_tokenizer(str(tokenizer_path(path)))
+
+
+def tokenizer_vocab_size(path: str) -> int:
+    return load_text_tokenizer(path).vocab_size
 
 
 def _prepared(config) -> str:

@@ -1,0 +1,155 @@
+"""The demo's stages in order: each is run, or reused when finished with the same config (training
+resumes from its checkpoints), with progress bars and the wall time of each stage recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+from tqdm import tqdm
+
+from rho_jax import config as config_lib
+from rho_jax import loop, score_job
+from rho_jax.data import rows
+from rho_jax.data.inputs import input_for_training
+from rho_jax.data.vocab import demo_vocab_path
+from rho_jax.demo.evaluation import evaluate_runs, evaluated
+from rho_jax.demo.report import write_report
+from rho_jax.demo.stages import (STAGES, common_config, prepare_jobs, prepare_source, prepared_path, stage_config,
+                                 stage_done)
+from rho_jax.demo.summary import table_text
+
+
+class _Progress:
+    """The loop's input iterator, advancing a tqdm bar (steps) and showing the latest logged losses."""
+
+    def __init__(self, pipe, bar, metrics_path: Path):
+        self.pipe, self.bar, self.metrics_path, self._seen = pipe, bar, metrics_path, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.pipe)
+        self.bar.update(1)
+        if self.metrics_path.exists() and self.metrics_path.stat().st_size != self._seen:
+            self._seen = self.metrics_path.stat().st_size
+            row = json.loads(self.metrics_path.read_text().strip().rsplit("\n", 1)[-1])
+            self.bar.set_postfix({k.split("/")[-1]: f"{row[k]:.3f}" for k in ("loss", "eval_loss") if k in row})
+        return batch
+
+    def __getattr__(self, name):  # get_state, vocab_size, ...
+        return getattr(self.pipe, name)
+
+
+def train_stage(cfg, desc: str) -> None:
+    """Trains (or resumes) one stage with `rho_jax.loop`, a progress bar per input pipeline it opens."""
+    bars = []
+
+    def make_input(config, input_state):
+        pipe = input_for_training(config, input_state)
+        bar = tqdm(total=config.train.steps, initial=pipe.step, desc=desc, unit="step", dynamic_ncols=True)
+        bars.append(bar)
+        return _Progress(pipe, bar, Path(config.workdir) / "metrics.jsonl")
+
+    try:
+        loop.run(cfg, make_input=make_input)
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def run(dc) -> dict:
+    """Runs (or reuses) every stage into dc.workdir; returns the summary (also <workdir>/report/summary.json)."""
+    t_start = time.perf_counter()
+    dc = config_lib.resolve_paths(dc)  # relative paths: against the directory the demo was started in
+    for stage in STAGES[1:] if dc.base.checkpoint else STAGES:  # every stage's config, before any compute
+        try:
+            config_lib.validate(stage_config(dc, stage, reference_rows=dc.reference.batch_size), jax.device_count())
+        except config_lib.ConfigError as e:
+            group = {"clm": "cpt", "slm": "cpt"}.get(stage, stage)
+            raise config_lib.ConfigError(f"demo stage {stage} (from config.{group}, config.model, config.data): "
+                                         f"{e}") from None
+    os.makedirs(dc.workdir, exist_ok=True)
+    timings_path = Path(dc.workdir) / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+
+    def timed(name, fn, keep=False):
+        """fn(); its wall time is recorded unless `keep` and a time is already recorded (a reused stage)."""
+        t0 = time.perf_counter()
+        out = fn()
+        if not (keep and name in timings):
+            timings[name] = round(time.perf_counter() - t0, 1)
+            timings_path.write_text(json.dumps(timings, indent=1))
+        return out
+
+    _say("stage 1/8 tokenizer")
+    if not dc.data.vocab:
+        path = timed("tokenizer", demo_vocab_path, keep=True)  # shared by all workdirs, trained once
+        _say(f"  demo SentencePiece vocabulary: {path}")
+
+    jobs = prepare_jobs(dc)
+    todo = [j for j in jobs if not (Path(j[2]) / rows.MANIFEST).exists() and not (Path(j[2]) / rows.MIXTURE).exists()]
+    _say(f"stage 2/8 prepare: {len(jobs) - len(todo)} of {len(jobs)} sources already prepared")
+
+    def prepare_all():
+        pc = common_config(dc, "prepare")
+        pc.data.update(prepare_shard_mb=dc.data.prepare_shard_mb, prepare_workers=dc.data.prepare_workers)
+        for source, split, out, n in jobs:  # a finished one is checked and reused (O(shards))
+            got = prepare_source(pc, source, split, out, n)
+            _say(f"  {source} ({split}): {got} rows of {dc.data.seq_len} in {out}")
+
+    timed("prepare", prepare_all, keep=not todo)
+
+    if dc.base.checkpoint:
+        _say(f"stage 3/8 base: using {dc.base.checkpoint}")
+    else:
+        cfg = stage_config(dc, "base")
+        if stage_done(cfg):
+            _say(f"stage 3/8 base: reusing {cfg.workdir}/final")
+        else:
+            _say(f"stage 3/8 base: CLM on {cfg.data.source}, {cfg.train.steps} steps")
+            timed("base", lambda: train_stage(cfg, "base"))
+
+    n_ref = sum(s["rows"] for s in rows.read_manifest(prepared_path(dc, dc.reference.source))["shards"])
+    cfg = stage_config(dc, "reference", reference_rows=n_ref)
+    if stage_done(cfg):
+        _say(f"stage 4/8 reference: reusing {cfg.workdir}/final")
+    else:
+        _say(f"stage 4/8 reference: {dc.reference.epochs} epochs of {n_ref} rows of {cfg.data.source}, "
+             f"{cfg.train.steps} steps")
+        timed("reference", lambda: train_stage(cfg, "reference"))
+
+    cfg = stage_config(dc, "slm")
+    done = Path(cfg.data.score_cache).exists()
+    _say(f"stage 5/8 score: the rows of {cfg.data.source} that CLM/SLM read, with the reference -> "
+         f"{cfg.data.score_cache}{' (resuming or reusing: shards checked)' if done else ''}")
+    manifests = timed("score", lambda: score_job.run(cfg), keep=done)
+    _say("  scores: " + ", ".join(f"{m['rows']} rows in {len(m['shards'])} shards of {m['prepared']}"
+                                  for m in manifests))
+
+    for mode in ("clm", "slm"):
+        cfg = stage_config(dc, mode)
+        if stage_done(cfg):
+            _say(f"stage 6/8 {mode}: reusing {cfg.workdir}/final")
+            continue
+        _say(f"stage 6/8 {mode}: continual pretraining on {cfg.data.source}, {cfg.train.steps} steps"
+             + (f", ratio {cfg.objective.ratio}" if mode == "slm" else ""))
+        timed(mode, lambda: train_stage(cfg, mode))
+
+    _say("stage 7/8 eval")
+    evals = timed("eval", lambda: evaluate_runs(dc, say=_say), keep=all(evaluated(dc)))
+    _say("stage 8/8 report")
+    summary = timed("report", lambda: write_report(dc, evals, timings))
+    print(table_text(summary), flush=True)
+    _say(f"report: {os.path.join(dc.workdir, 'report', 'report.md')}; this run took "
+         f"{time.perf_counter() - t_start:.0f} s")
+    return summary

@@ -1,0 +1,139 @@
+"""The demo's stages as `rho_jax.config` ConfigDicts (one per stage, from the demo ConfigDict), the sources
+they read, and the reuse of a finished stage (its recorded config must match)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import ml_collections
+
+from rho_jax import config as config_lib
+from rho_jax.data import prepare, rows as rows_lib
+
+STAGES = ("base", "reference", "clm", "slm")
+
+
+class StageMismatch(config_lib.ConfigError):
+    pass
+
+
+def common_config(dc, stage: str) -> ml_collections.ConfigDict:
+    c = config_lib.base_config()
+    c.workdir = os.path.join(dc.workdir, stage)
+    c.seed = dc.seed
+    c.model.update(dc.model.to_dict())
+    c.mesh.update(dc.mesh.to_dict())
+    c.data.update(seq_len=dc.data.seq_len, vocab=dc.data.vocab, shuffle_seed=dc.data.shuffle_seed,
+                  general_rate=dc.data.general_rate)
+    c.objective.mode = "clm"
+    c.checkpoint.update(every=100, keep=1)
+    return c
+
+
+def base_path(dc) -> str:
+    return dc.base.checkpoint or os.path.join(dc.workdir, "base", "final")
+
+
+def prepared_path(dc, source: str, split: str = "train") -> str:
+    return os.path.join(dc.workdir, "prepared", f"{source}.{split}")
+
+
+def prepare_jobs(dc) -> list[tuple[str, str, str, int]]:
+    """(source, split, prepared dir, rows read or 0 = all) of every source a stage reads: the training
+    sources (base and CPT read one pass of steps x batch rows; the reference reads all, for epochs) and
+    the held-out sets."""
+    needs: dict = {}
+    reads = ([] if dc.base.checkpoint else [(dc.base.source, dc.base.steps * dc.base.batch_size)])
+    reads += [(dc.reference.source, 0), (dc.cpt.source, dc.cpt.steps * dc.cpt.batch_size)]
+    for source, n in reads:
+        old = needs.get(source)
+        needs[source] = n if old is None else (0 if 0 in (n, old) else max(n, old))
+    jobs = [(s, "train", n) for s, n in needs.items()]
+    jobs += [(s, "validation", 0) for s in dict.fromkeys(x.strip() for x in dc.eval.sources.split(",") if x.strip())]
+    return [(s, sp, prepared_path(dc, s, sp), n) for s, sp, n in jobs]
+
+
+def prepare_source(pc, source: str, split: str, out: str, rows: int) -> int:
+    """Prepares `source` into `out`: every input shard (rows = 0), or the first shards of each component,
+    doubling their number until they hold the `rows` rows a run reads (shared by the rates, as the reader
+    does). Returns the rows prepared. Finished shards are never redone."""
+    shards = 2 if rows else 0
+    while True:
+        pc.data.prepare_max_shards = shards
+        res = prepare.run(pc, source=source, split=split, out=out)
+        comps = [m for _, m in res["components"]]
+        total_rate = sum(r for _, _, r in rows_lib.components(out))
+        short = [m for (_, _, r), m in zip(rows_lib.components(out), comps)
+                 if sum(s["rows"] for s in m["shards"]) < math.ceil(rows * r / total_rate)
+                 and len(m["shards"]) < m.get("planned_shards", len(m["shards"]))]
+        if not rows or not short:
+            return sum(sum(s["rows"] for s in m["shards"]) for m in comps)
+        shards *= 2
+
+
+def _heldout(dc, names: list[str]) -> dict:
+    return dict(sources=",".join(names), prepared=",".join(prepared_path(dc, n, "validation") for n in names),
+                batch_size=dc.eval.batch_size, max_rows=dc.eval.max_rows)
+
+
+def stage_config(dc, stage: str, reference_rows: int | None = None) -> ml_collections.ConfigDict:
+    """The `rho_jax.config` ConfigDict of one stage (base | reference | clm | slm; slm also drives scoring).
+
+    reference_rows: packed rows of the clean-math train split (sets the reference's steps from epochs).
+    """
+    c = common_config(dc, stage)
+    if stage == "base":
+        b = dc.base
+        c.train.update(steps=b.steps, batch_size=b.batch_size, lr=b.lr, warmup_steps=b.warmup_steps)
+        c.data.update(source=b.source, prepared=prepared_path(dc, b.source),
+                      max_rows=b.steps * b.batch_size)  # one pass, no repeats
+    elif stage == "reference":
+        r = dc.reference
+        steps = max(1, math.ceil(r.epochs * (reference_rows or r.batch_size) / r.batch_size))
+        c.init.target = base_path(dc)
+        c.train.update(steps=steps, batch_size=r.batch_size, lr=r.lr, warmup_steps=r.warmup_steps)
+        c.data.update(source=r.source, prepared=prepared_path(dc, r.source))
+        c.eval.update(every=steps, **_heldout(dc, dc.eval.sources.split(",")[:1]))  # its held-out loss, at the end
+    elif stage in ("clm", "slm"):
+        p = dc.cpt
+        c.init.update(target=base_path(dc), reference=os.path.join(dc.workdir, "reference", "final"))
+        c.train.update(steps=p.steps, batch_size=p.batch_size, lr=p.lr, warmup_steps=p.warmup_steps,
+                       log_every=min(10, p.eval_every))
+        c.data.update(source=p.source, prepared=prepared_path(dc, p.source), max_rows=p.steps * p.batch_size,
+                      score_cache=os.path.join(dc.workdir, "scores"))
+        # Identical but for the mode: same rows, order, steps and evaluation.
+        c.objective.update(mode=stage, ratio=p.ratio, score=p.score, reference="cached")
+        c.eval.update(every=p.eval_every, **_heldout(dc, [x.strip() for x in dc.eval.sources.split(",")
+                                                            if x.strip()]))
+        c.checkpoint.update(every=p.checkpoint_every, keep=10_000)  # all kept: categories, solution loss
+    else:
+        raise ValueError(f"stage {stage!r}; expected one of {STAGES}")
+    return c
+
+
+def _diff(a, b, prefix="") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _diff(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}: {x!r} (recorded) vs {y!r} (now)")
+    return out
+
+
+def stage_done(cfg) -> bool:
+    """True when the stage's final model exists; raises StageMismatch when its recorded config differs."""
+    wd = Path(cfg.workdir)
+    recorded = wd / "config.json"
+    if recorded.exists():
+        diff = _diff(json.loads(recorded.read_text()), json.loads(cfg.to_json()))
+        if diff:
+            raise StageMismatch(f"{wd} was trained with another config ({'; '.join(diff[:5])}); delete {wd} "
+                                f"(and the stages after it) or choose another --config.workdir")
+    return (wd / "final").exists()
+
