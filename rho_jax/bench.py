@@ -15,6 +15,8 @@ import numpy as np
 
 from rho_jax import config as config_lib
 from rho_jax import flops, model, score, sharding, train
+from rho_jax.batch import INPUT_KEYS
+from rho_jax.data import inputs
 
 MODES = ("clm", "slm_cached", "slm_online", "score")
 
@@ -47,7 +49,7 @@ def build_mode(config, mode: str, host: dict | None = None):
         c.objective.mode = "clm" if mode == "clm" else "slm"
         c.objective.reference = "online" if mode in ("slm_online", "score") else "cached"
     mesh = sharding.mesh_from_config(c.mesh)
-    rules = tuple(tuple(r) for r in c.mesh.rules)
+    rules = config_lib.mesh_rules(c)
     m_cfg = config_lib.model_config(c)
     b, seq = c.train.batch_size, c.data.seq_len
     if host is None:
@@ -60,7 +62,7 @@ def build_mode(config, mode: str, host: dict | None = None):
         scorer = score.reference_scorer(m_cfg, mesh, rules, c.objective.ce_chunk)  # what `rho-jax score` runs
         params = jax.jit(lambda r: model.init_params(m_cfg, r), out_shardings=scorer.param_shardings)(
             jax.random.PRNGKey(1))
-        sub = {k: batch[k] for k in train.BATCH_KEYS}
+        sub = {k: batch[k] for k in INPUT_KEYS}
         with sharding.mesh_context(mesh):
             mem = _compiled_memory(scorer.jitted, params, sub)
         return (lambda: jax.block_until_ready(scorer(params, sub))), flops.reference_flops_per_token(m_cfg, seq), mem
@@ -141,8 +143,6 @@ def table(config, rows: list[dict], name: str, iters: int) -> str:
 
 def input_table(config, rows: list[dict], batches: int = 200) -> str:
     """The training reader (Grain over config.data.prepared) against the CLM step's appetite."""
-    from rho_jax.data import inputs
-
     pipe = inputs.input_for_training(config)
     next(pipe)  # start-up (checks, threads) is not throughput
     t0 = time.perf_counter()

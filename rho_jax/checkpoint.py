@@ -19,6 +19,8 @@ killed mid-way is never listed as a step; its tmp dir is removed when the writer
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import threading
@@ -29,6 +31,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+
+from rho_jax import interop
+from rho_jax.model import ModelConfig, param_shapes
 
 UNUSABLE_DIR = "unusable_checkpoints"
 
@@ -45,8 +51,6 @@ def _all_processes_ok(ok: bool) -> bool:
     """True only if every process succeeded, so all hosts fall back to the same step."""
     if jax.process_count() == 1:
         return ok
-    from jax.experimental import multihost_utils
-
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
@@ -189,8 +193,6 @@ class Checkpointer:
                     src.rename(target)
                     print(f"WARNING: moved unusable checkpoint step {s} to {target}", flush=True)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices("rho_jax_set_aside_unusable")
         self._unusable = []
 
@@ -245,9 +247,6 @@ MODEL_CONFIG_FILE = "model_config.json"
 
 def save_model(cfg, params, directory: str) -> None:
     """Writes params + the ModelConfig as an Orbax checkpoint directory (atomic: Orbax finalises by rename)."""
-    import dataclasses
-    import json
-
     path = epath.Path(directory)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path / "params", params)
@@ -261,12 +260,9 @@ def is_model_dir(directory: str) -> bool:
     return (p / MODEL_CONFIG_FILE).exists() or (p / "final" / MODEL_CONFIG_FILE).exists()
 
 
-def load_model(directory: str, shardings=None):
-    """(ModelConfig, params) from `save_model` output, or the latest train checkpoint's params in a workdir."""
-    import json
-
-    from rho_jax.model import ModelConfig, param_shapes
-
+def restore_model_dir(directory: str, shardings=None):
+    """(ModelConfig, params) from `save_model` output, or from a training workdir's final/ model.
+    `shardings`: restore straight onto devices; None gives host arrays. Use `load_weights` for any format."""
     p = epath.Path(directory)
     if not (p / MODEL_CONFIG_FILE).exists() and (p / "final" / MODEL_CONFIG_FILE).exists():
         p = p / "final"  # a training workdir: its exported final model
@@ -280,16 +276,18 @@ def load_model(directory: str, shardings=None):
     return cfg, ocp.StandardCheckpointer().restore(p / "params", target)
 
 
-def load_weights(path: str, what: str):
-    """(ModelConfig, host params) from an HF dir, a .gguf file or an Orbax model dir."""
+def load_weights(path: str, what: str, overrides: dict | None = None):
+    """THE model loader: (ModelConfig, host numpy params) from an Orbax model dir (or a finished workdir),
+    an HF `save_pretrained` dir or a .gguf file. `what` names the config field in errors ("target",
+    "reference", ...); `overrides` sets runtime fields (`config.runtime_overrides`) on the loaded config."""
     if is_model_dir(path):
-        cfg, params = load_model(path)
-        return cfg, jax.tree.map(np.asarray, params)
-    if "://" in path:
+        cfg, params = restore_model_dir(path)
+        params = jax.tree.map(np.asarray, params)
+    elif "://" in path:
         raise FileNotFoundError(f"config.init.{what}={path!r}: remote paths must be Orbax model dirs (made by "
                                 f"`rho-jax convert SRC DST --to=orbax`); HF dirs and .gguf files must be local")
-    if not os.path.exists(path):
+    elif not os.path.exists(path):
         raise FileNotFoundError(f"config.init.{what}={path!r} does not exist")
-    from rho_jax.interop import load_pretrained
-
-    return load_pretrained(path)
+    else:
+        cfg, params = interop.load_pretrained(path)
+    return (cfg.replace(**overrides) if overrides else cfg), params

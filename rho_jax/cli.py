@@ -16,7 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-from rho_jax import quiet
+from rho_jax import paths, quiet
+
+# Each command imports its own stack inside its cmd_* function, on purpose: quiet.py must set the
+# environment before JAX (and TF) are first imported, `rho-jax <cmd> --help` stays instant, and a command
+# never pulls in another's optional dependencies (Beam for prepare, torch for bench --peer).
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # a source checkout's configs/
 
@@ -165,7 +169,7 @@ def _user_errors() -> tuple:
     errors = [UsageError, ConfigError, CheckpointError, MeshError, FileNotFoundError, FileExistsError, NotADirectoryError,
               IsADirectoryError, PermissionError]
     for module, name in (("rho_jax.interop.hf", "CheckpointError"),
-                         ("rho_jax.data.corpora", "CorpusError")):
+                         ("rho_jax.data.documents", "CorpusError")):
         if module in sys.modules and hasattr(sys.modules[module], name):  # only where that layer ran
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)
@@ -180,9 +184,7 @@ def _describe(e: BaseException) -> str:
 # ----------------------------------------------------------------------------- commands
 
 def _resolved_config(fv):
-    from rho_jax import config as config_lib
-
-    return config_lib.resolve_paths(fv.config)
+    return paths.resolve_paths(fv.config)
 
 
 def cmd_train(fv, _):
@@ -214,27 +216,24 @@ def cmd_score(fv, _):
 
 def cmd_eval(fv, _):
     from rho_jax import evaluate
-    from rho_jax.config import resolve_path
 
-    return evaluate.command(checkpoint=resolve_path(fv.checkpoint), vocab=resolve_path(fv.vocab), tasks=fv.tasks,
+    return evaluate.command(checkpoint=paths.resolve_path(fv.checkpoint), vocab=paths.resolve_path(fv.vocab), tasks=fv.tasks,
                             limit=fv.limit, shots=fv.shots, max_new_tokens=fv.max_new_tokens,
-                            batch_size=fv.batch_size, seq_len=fv.seq_len, out=resolve_path(fv.out))
+                            batch_size=fv.batch_size, seq_len=fv.seq_len, out=paths.resolve_path(fv.out))
 
 
 def cmd_analyze(fv, _):
     from rho_jax import analysis
-    from rho_jax.config import resolve_path
 
-    return analysis.command(workdir=resolve_path(fv.workdir), vocab=resolve_path(fv.vocab),
-                            reference=resolve_path(fv.reference), out=resolve_path(fv.out), rows=fv.rows,
+    return analysis.command(workdir=paths.resolve_path(fv.workdir), vocab=paths.resolve_path(fv.vocab),
+                            reference=paths.resolve_path(fv.reference), out=paths.resolve_path(fv.out), rows=fv.rows,
                             html_rows=fv.html_rows, batch_size=fv.batch_size)
 
 
 def cmd_convert(fv, rest):
-    from rho_jax.config import resolve_path
     from rho_jax.convert import convert
 
-    convert(resolve_path(rest[0]), resolve_path(rest[1]), fv.to)
+    convert(paths.resolve_path(rest[0]), paths.resolve_path(rest[1]), fv.to)
 
 
 def cmd_bench(fv, _):

@@ -8,99 +8,24 @@ in one place and unknown keys are caught before any compute. Command-line overri
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 
 import ml_collections
 
+from rho_jax.model import ModelConfig
 from rho_jax.objective import CONFIG_SCOPES, SCORE_FUNCTIONS, WEIGHTINGS, needs_ref
 from rho_jax.sharding import DEFAULT_RULES, mesh_shape
 
 OBJECTIVE_MODES = ("clm", "slm")
 REFERENCE_MODES = ("online", "cached", "ema")
 NAN_POLICIES = ("stop", "skip")
+PURPOSES = ("check", "train", "score", "prepare")  # what validate() checks beyond the schema and values
+# Model fields that change how a model runs, not its parameters: a loaded checkpoint takes them from the
+# config (config.model), and a workdir may resume with other values.
+RUNTIME_FIELDS = ("dtype", "remat", "attention", "attention_chunk", "scan_layers")
 
 
 class ConfigError(ValueError):
     pass
-
-
-# ----------------------------------------------------------------------------- paths
-
-# Config fields that hold a filesystem path, by dotted name. "path": the whole value is a path (a file,
-# directory or glob); "paths": comma-separated paths; "source": a path only behind a format prefix like
-# `jsonl:GLOB` (or each part of a `mix:SPEC=RATE,...`), otherwise a name (a corpus or mixture). Fields a
-# config lacks are skipped, so one table serves every config schema.
-PATH_FIELDS: dict[str, str] = {
-    "workdir": "path",
-    "init.target": "path", "init.reference": "path",
-    "data.vocab": "path", "data.score_cache": "path", "data.prepared": "path",
-    "data.source": "source",
-    "eval.prepared": "paths",
-    "base.checkpoint": "path",  # configs/demo.py
-}
-SOURCE_PREFIXES = ("jsonl:", "parquet:")
-KINDS = ("path", "paths", "source")
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-def register_path_field(name: str, kind: str = "path") -> None:
-    """Declares that config field `name` (dotted, e.g. 'data.prepared') holds a path ('path') or a
-    prefixed source ('source') or comma-separated paths ('paths'), so `resolve_paths` makes it absolute."""
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
-    PATH_FIELDS[name] = kind
-
-
-def resolve_path(path: str, base: str | None = None) -> str:
-    """`path` made absolute against `base` (default: the current directory, where the command started).
-
-    '' stays '' (the field's "none/default"); URLs (gs://, s3://, https://...) stay as they are; `~` is
-    expanded; globs keep their wildcards.
-    """
-    if not path or _URL.match(path):
-        return path
-    path = os.path.expanduser(path)
-    return os.path.normpath(os.path.join(base or os.getcwd(), path))
-
-
-def resolve_source(source: str, base: str | None = None) -> str:
-    """A data source: `jsonl:GLOB` / `parquet:GLOB` get an absolute glob, and so does each part of a
-    `mix:SPEC=RATE,...`; a corpus or mixture name stays as it is."""
-    if source.startswith("mix:"):
-        parts = []
-        for part in source[4:].split(","):
-            spec, sep, rate = part.rpartition("=")
-            parts.append(resolve_source(spec, base) + sep + rate if sep else part)
-        return "mix:" + ",".join(parts)
-    for prefix in SOURCE_PREFIXES:
-        if source.startswith(prefix):
-            return prefix + resolve_path(source[len(prefix):], base)
-    return source
-
-
-def resolve_paths(c: ml_collections.ConfigDict, base: str | None = None,
-                  fields: dict[str, str] | None = None) -> ml_collections.ConfigDict:
-    """A copy of `c` with every path field (see PATH_FIELDS) absolute; idempotent.
-
-    Called once at each entry point (the CLI, `loop.run`, `demo.run`, the score job) before any work,
-    so no later stage depends on the working directory (Orbax, for one, rejects relative paths).
-    """
-    out = c.copy_and_resolve_references()
-    for name, kind in (fields or PATH_FIELDS).items():
-        *groups, leaf = name.split(".")
-        node = out
-        for g in groups:
-            node = node.get(g) if isinstance(node, ml_collections.ConfigDict) else None
-        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node or not isinstance(node[leaf], str):
-            continue
-        if kind == "source":
-            node[leaf] = resolve_source(node[leaf], base)
-        elif kind == "paths":
-            node[leaf] = ",".join(resolve_path(p.strip(), base) for p in node[leaf].split(","))
-        else:
-            node[leaf] = resolve_path(node[leaf], base)
-    return out
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -189,11 +114,19 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def model_config(c: ml_collections.ConfigDict):
-    from rho_jax.model import ModelConfig
-
+def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     return ModelConfig(**{k: v for k, v in c.model.to_dict().items() if k in fields})
+
+
+def runtime_overrides(c: ml_collections.ConfigDict) -> dict:
+    """config.model's RUNTIME_FIELDS, to apply to a loaded model (`checkpoint.load_weights(..., overrides=)`)."""
+    return {k: c.model[k] for k in RUNTIME_FIELDS}
+
+
+def mesh_rules(c: ml_collections.ConfigDict) -> tuple:
+    """config.mesh.rules as the hashable tuple of (logical axis, mesh axes) pairs that jit and flax take."""
+    return tuple(tuple(r) for r in c.mesh.rules)
 
 
 def _check_keys(c, schema, path="config"):
@@ -207,8 +140,13 @@ def _check_keys(c, schema, path="config"):
             _check_keys(c[key], schema[key], f"{path}.{key}")
 
 
-def validate(c: ml_collections.ConfigDict, n_devices: int | None = None) -> None:
-    """Checks a config before any compute; each problem gets its own error that names it."""
+def validate(c: ml_collections.ConfigDict, n_devices: int | None = None, purpose: str = "check") -> None:
+    """Every check that depends only on the config, before any compute; each problem gets its own error
+    that names it. Called once per command. `n_devices`: also check the mesh and batch against that many
+    devices. `purpose` adds what that command needs: "train" (the reference and the data it reads),
+    "score" (rows, score cache, reference), "prepare" (the output and the Beam job's settings)."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"validate(purpose={purpose!r}); expected one of {PURPOSES}")
     _check_keys(c, base_config())
     o = c.objective
     if o.mode not in OBJECTIVE_MODES:
@@ -272,6 +210,39 @@ def validate(c: ml_collections.ConfigDict, n_devices: int | None = None) -> None
         if micro % (data * fsdp):
             raise ConfigError(f"config.train.batch_size={t.batch_size} (micro-batch {micro} with grad_accum="
                               f"{t.grad_accum}) is not divisible by the data parallelism data x fsdp = {data * fsdp}")
+    {"check": lambda _: None, "train": _check_train, "score": _check_score, "prepare": _check_prepare}[purpose](c)
+
+
+def _check_train(c) -> None:
+    o = c.objective
+    if o.mode == "slm" and needs_ref(o.score) and o.reference in ("online", "cached") and not c.init.reference:
+        why = ("the reference model the step scores with" if o.reference == "online" else
+               "the reference the scores were made with, so the score cache can be checked against it")
+        raise ConfigError(f"config.objective.reference={o.reference!r} with score={o.score!r} needs "
+                          f"config.init.reference: {why} (an Orbax dir, HF dir or .gguf)")
+    if o.mode == "slm" and needs_ref(o.score) and o.reference == "cached" and not c.data.score_cache:
+        raise ConfigError("config.objective.reference='cached' needs config.data.score_cache (run `rho-jax score`)")
+
+
+def _check_score(c) -> None:
+    d = c.data
+    if not d.prepared:
+        raise ConfigError("config.data.prepared is empty: which prepared rows should be scored? "
+                          "(run `rho-jax prepare --config=...` first)")
+    if not d.score_cache:
+        raise ConfigError("config.data.score_cache is empty: where should the score shards go?")
+    if not c.init.reference:
+        raise ConfigError("config.init.reference is empty: which reference model scores the corpus?")
+
+
+def _check_prepare(c) -> None:
+    d = c.data  # (the output directory may come from the caller: prepare.run checks it)
+    if d.prepare_workers < 1:
+        raise ConfigError(f"config.data.prepare_workers={d.prepare_workers} must be >= 1")
+    if d.prepare_max_shards < 0:
+        raise ConfigError(f"config.data.prepare_max_shards={d.prepare_max_shards} must be >= 0 (0 = every shard)")
+    if d.prepare_shard_mb <= 0:
+        raise ConfigError(f"config.data.prepare_shard_mb={d.prepare_shard_mb} must be > 0")
 
 
 def check_compatible(c, target_cfg, ref_cfg=None) -> None:

@@ -83,18 +83,6 @@ def few_shot_accuracy(cfg, params, tokenizer, items: list[dict], prompt: str, fm
 
 # ---- losses ----
 
-def heldout_loss(cfg, params, examples: dict, batch_size: int = 8, ce_chunk: int = 0) -> float:
-    """Mean CE (nats) over every valid target token of `examples` ({tokens, segment_ids, positions}: [N, L]).
-
-    Exact over the whole set: sums CE and counts across batches (the last batch is padded with
-    empty rows, which have no valid targets)."""
-    ints = {k: np.asarray(examples[k], np.int32) for k in losses.ROW_KEYS}
-    total, count = losses.summed_ce(cfg, params, ints, batch_size, ce_chunk)
-    if count == 0:
-        raise ValueError("held-out examples have no valid target tokens")
-    return total / count
-
-
 def split_encode(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Token ids of context + continuation encoded as ONE text (as training sees it), split where the
     encoding stops agreeing with the context's own encoding (a merge across the boundary goes right)."""
@@ -178,7 +166,7 @@ def run_tasks(cfg, params, tokenizer, tasks: list[str], limit: int | None = None
             source = task.split(":", 1)[1]  # an eval source of the run's config, or a prepared directory
             prepared = heldout_dirs(heldout_config).get(source, source) if heldout_config.eval.prepared else source
             examples = heldout_rows(heldout_config, prepared, limit or 0)
-            results[task] = {"loss": heldout_loss(cfg, params, examples, batch_size), "rows": len(examples["tokens"])}
+            results[task] = {"loss": losses.heldout_loss(cfg, params, examples, batch_size), "rows": len(examples["tokens"])}
             continue
         if task not in TASK_PROMPTS:
             raise ValueError(f"unknown eval task {task!r}; expected gsm8k100, asdiv or heldout:<source>")

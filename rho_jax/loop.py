@@ -13,16 +13,21 @@ Order of work in `run`:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
 
 from rho_jax import checkpoint as ckpt
 from rho_jax import config as config_lib
-from rho_jax import flops, model, sharding, train
+from rho_jax import flops, losses, paths, sharding, train
+from rho_jax.data import inputs
+from rho_jax.distributed import maybe_initialize
 from rho_jax.metrics import Counters, MetricsWriter
 
 
@@ -30,57 +35,40 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-load_model = ckpt.load_weights  # (ModelConfig, host params) from an HF dir, a .gguf or an Orbax dir
-
-
 def build_models(config):
-    """Target (cfg, params or None for random init) and reference (cfg, params) or (None, None)."""
-    overrides = {k: config.model[k] for k in ("dtype", "remat", "attention")}
+    """Target (cfg, params or None for random init) and reference (cfg, params) or (None, None), with
+    config.model's runtime fields (dtype, remat, attention, ...) applied to loaded models."""
+    overrides = config_lib.runtime_overrides(config)
     if config.init.target:
-        t_cfg, t_params = load_model(config.init.target, "target")
-        t_cfg = t_cfg.replace(**overrides)
+        t_cfg, t_params = ckpt.load_weights(config.init.target, "target", overrides)
     else:
         t_cfg, t_params = config_lib.model_config(config), None
     r_cfg = r_params = None
     o = config.objective
     if o.mode == "slm" and o.reference == "online" and config_lib.needs_ref(o.score):
-        if not config.init.reference:
-            raise config_lib.ConfigError(f"config.objective.reference='online' with score={o.score!r} needs "
-                                         "config.init.reference (a reference checkpoint: Orbax dir, HF dir or .gguf)")
-        r_cfg, r_params = load_model(config.init.reference, "reference")
-        r_cfg = r_cfg.replace(**overrides)
+        r_cfg, r_params = ckpt.load_weights(config.init.reference, "reference", overrides)
     config_lib.check_compatible(config, t_cfg, r_cfg)
     return t_cfg, t_params, r_cfg, r_params
 
 
 def write_run_files(workdir: str, config, t_cfg):
     """The resolved config and the model config next to the checkpoints (process 0 only)."""
-    import dataclasses
-
     if jax.process_index() != 0:
         return
-    from etils import epath
-
     wd = epath.Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
     (wd / "config.json").write_text(config.to_json(indent=1))
     (wd / ckpt.MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(t_cfg), indent=1))
 
 
-RUNTIME_FIELDS = ("dtype", "remat", "attention")  # may change between runs of one workdir
-
-
 def check_workdir_model(workdir: str, t_cfg) -> None:
-    """A workdir that already holds a run of another architecture is refused, naming the fields."""
-    import dataclasses
-
-    from etils import epath
-
+    """A workdir that already holds a run of another architecture is refused, naming the fields
+    (config.RUNTIME_FIELDS may differ between runs of one workdir)."""
     path = epath.Path(workdir) / ckpt.MODEL_CONFIG_FILE
     if not path.exists():
         return
     old, new = json.loads(path.read_text()), dataclasses.asdict(t_cfg)
-    diff = {k: (old.get(k), v) for k, v in new.items() if k not in RUNTIME_FIELDS and old.get(k, v) != v}
+    diff = {k: (old.get(k), v) for k, v in new.items() if k not in config_lib.RUNTIME_FIELDS and old.get(k, v) != v}
     if diff:
         raise config_lib.ConfigError(
             f"config.workdir={workdir} holds a run of another model ({path.name}): "
@@ -113,19 +101,20 @@ class Trainer:
     """Holds the compiled step and everything static; `train_step(state, batch)` is the pure step."""
 
     def __init__(self, config, mesh=None, models=None):
-        config_lib.validate(config, jax.device_count())
+        """`config` as checked by config.validate (loop.run does it); `mesh` defaults to config.mesh's."""
         self.config = config
         t_cfg, t_params, r_cfg, r_params = models if models is not None else build_models(config)
         self.mesh = mesh or sharding.mesh_from_config(config.mesh)
-        self.rules = tuple(tuple(r) for r in config.mesh.rules)
-        sharding.check_batch(config.train.batch_size, self.mesh, config.train.grad_accum)
+        self.rules = config_lib.mesh_rules(config)
+        if mesh is not None:  # validate checked config.mesh's batch split; a given mesh needs its own check
+            sharding.check_batch(config.train.batch_size, self.mesh, config.train.grad_accum)
         self.spec = train.StepSpec.from_config(config, t_cfg, r_cfg)
         self.tx = train.make_optimizer(config.train)
         self.step_fn = train.compile_train_step(self.spec, self.tx, self.mesh, self.rules)
         self._init_params = t_params
         self.ref_params = None
         if self.spec.online:
-            self.ref_params = train.place(r_params, self.step_fn.ref_shardings)
+            self.ref_params = sharding.place(r_params, self.step_fn.ref_shardings)
         self.stage_flops = flops.step_flops_per_token(self.spec, config.data.seq_len)  # per token, by stage
         if self.spec.online:
             warn_if_same_params(t_params, r_params)
@@ -162,9 +151,7 @@ def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None 
     `get_state()`; None uses `rho_jax.data.inputs.input_for_training`. Every check (config, models,
     vocabulary, checkpoint) runs before anything is written to config.workdir or compiled.
     """
-    from rho_jax.distributed import maybe_initialize
-
-    config = config_lib.resolve_paths(config)  # relative paths: against the directory the run started in
+    config = paths.resolve_paths(config)  # relative paths: against the directory the run started in
     maybe_initialize()
     with ckpt.PreemptionWatcher() as preempt:  # a SIGTERM from here on saves at the next step boundary
         return _run(config, make_input, trainer, preempt)
@@ -173,8 +160,6 @@ def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None 
 def _trim_metrics(workdir: str, step: int) -> None:
     """Drops metrics.jsonl rows after `step`: a run killed after its last checkpoint wrote them, and
     the resumed run writes them again."""
-    from etils import epath
-
     path = epath.Path(workdir) / "metrics.jsonl"
     if jax.process_index() != 0 or not path.exists():
         return
@@ -188,10 +173,9 @@ def _trim_metrics(workdir: str, step: int) -> None:
 
 def _run(config, make_input, trainer, preempt) -> dict:
     workdir, tc = config.workdir, config.train
-    config_lib.validate(config, jax.device_count())
+    config_lib.validate(config, jax.device_count(), purpose="train")  # once per run, before anything else
     trainer = trainer or Trainer(config)  # loads the models read-only and checks them; jit compiles lazily
-    if make_input is None:
-        from rho_jax.data.inputs import input_for_training as make_input  # seqio lives only in data/
+    make_input = make_input or inputs.input_for_training
     check_workdir_model(workdir, trainer.spec.model)  # before Orbax reads a checkpoint of another shape
     checkpointer = ckpt.Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep,
                                      config.checkpoint.keep_best, config.checkpoint.async_save)
@@ -210,9 +194,7 @@ def _run(config, make_input, trainer, preempt) -> dict:
         state = trainer.init_state()  # the first compute, after every check
     heldout = {}
     if config.eval.every > 0:
-        from rho_jax.data.inputs import heldout_sets
-
-        heldout = heldout_sets(config)
+        heldout = inputs.heldout_sets(config)
     # Every check has passed: from here on the workdir is written.
     write_run_files(workdir, config, trainer.spec.model)
     _trim_metrics(workdir, restored[2] if restored is not None else 0)
@@ -224,10 +206,8 @@ def _run(config, make_input, trainer, preempt) -> dict:
     last_eval: dict = {}
 
     def evaluate(params) -> dict:
-        from rho_jax.evaluate import heldout_loss
-
-        out = {f"eval_loss/{name}": heldout_loss(trainer.spec.model, params, ex, config.eval.batch_size,
-                                                 config.objective.ce_chunk) for name, ex in heldout.items()}
+        out = {f"eval_loss/{name}": losses.heldout_loss(trainer.spec.model, params, ex, config.eval.batch_size,
+                                                        config.objective.ce_chunk) for name, ex in heldout.items()}
         if out:
             out["eval_loss"] = next(iter(out.values()))
         return out
@@ -296,9 +276,6 @@ def export_final(workdir: str, cfg, params) -> None:
     """The final params as an Orbax model dir `<workdir>/final` (usable as init.target / init.reference).
 
     Every process takes part in the save (Orbax requires it); process 0 alone clears and renames."""
-    from etils import epath
-    from jax.experimental import multihost_utils
-
     final, tmp = epath.Path(workdir) / "final", epath.Path(workdir) / "final.tmp"
     if final.exists():
         return

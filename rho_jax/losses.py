@@ -2,6 +2,7 @@
 fixed-shape batches so one compiled program serves every batch (the last one is padded with empty rows).
 
     iter_padded_batches   THE batching loop: every scoring loop over examples goes through it
+    heldout_loss          exact mean CE over a held-out set (the training loop's and the demo's eval)
     token_losses          CE of each prediction position (NaN where there is no valid target): [K, N, L]
     summed_ce             (sum of CE, count) over the valid (optionally masked) targets: exact means
 """
@@ -16,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rho_jax import objective
+from rho_jax.batch import INPUT_KEYS
 from rho_jax.score import token_ce
 
-ROW_KEYS = ("tokens", "segment_ids", "positions")
+ROW_KEYS = INPUT_KEYS
 
 
 def pad_rows(rows: dict, batch_size: int) -> dict:
@@ -91,3 +93,15 @@ def summed_ce(cfg, params, examples: dict, batch_size: int, ce_chunk: int = 0, k
         s, c = jax.device_get(fn(params, batch))
         total, count = total + float(s), count + int(c)
     return total, count
+
+
+def heldout_loss(cfg, params, examples: dict, batch_size: int = 8, ce_chunk: int = 0) -> float:
+    """Mean CE (nats) over every valid target token of `examples` ({tokens, segment_ids, positions}: [N, L]).
+
+    Exact over the whole set: sums CE and counts across batches (the last batch is padded with
+    empty rows, which have no valid targets)."""
+    ints = {k: np.asarray(examples[k], np.int32) for k in ROW_KEYS}
+    total, count = summed_ce(cfg, params, ints, batch_size, ce_chunk)
+    if count == 0:
+        raise ValueError("held-out examples have no valid target tokens")
+    return total / count

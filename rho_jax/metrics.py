@@ -14,6 +14,8 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
+from tensorboardX import SummaryWriter
 
 
 @dataclasses.dataclass
@@ -51,8 +53,6 @@ class MetricsWriter:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if self.enabled:
-            from tensorboardX import SummaryWriter
-
             if "://" not in workdir:
                 os.makedirs(workdir, exist_ok=True)
             self._tb = SummaryWriter(os.path.join(workdir, "tb"))
@@ -76,8 +76,6 @@ class MetricsWriter:
 
 def _open(path: str, mode: str):
     if "://" in path:
-        from etils import epath
-
         return epath.Path(path).open(mode)
     return open(path, mode)
 

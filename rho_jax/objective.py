@@ -31,7 +31,7 @@ sg = jax.lax.stop_gradient
 
 SCORE_FUNCTIONS = ("excess", "reverse_excess", "ref_loss", "ref_entropy", "random",
                    "ref_loss_and_entropy", "ref_loss_or_entropy", "target_loss")
-SCOPES = ("batch", "sequence", "document")  # document: selection.select_documents
+SCOPES = ("batch", "sequence", "document")  # document: select_documents
 # objective.scope may also be micro_batch: train.py runs "batch" within each micro-batch (approximate
 # under grad accumulation), so the config accepts one more scope than slm_objective does.
 CONFIG_SCOPES = SCOPES + ("micro_batch",)
@@ -161,7 +161,7 @@ def rank_scores(score_BxL: jax.Array, valid_BxL: jax.Array, scope: str = "batch"
     """
     if scope not in ("batch", "sequence"):
         raise ValueError(f"scope={scope!r}; token ranking takes 'batch' or 'sequence' "
-                         f"(scope='document' needs segment ids: selection.select_documents)")
+                         f"(scope='document' needs segment ids: select_documents)")
     shape = score_BxL.shape
     valid_BxL = jnp.asarray(valid_BxL, bool)
     if scope == "batch":
@@ -190,6 +190,16 @@ def select_topk(scores, valid, ratio, scope: str = "batch") -> jax.Array:
     else:
         k = compute_k(jnp.sum(valid, axis=1, dtype=jnp.int32), ratio)[:, None]
     return (rank < k) & valid  # `& valid` is already implied (k <= n_valid); it documents the rule
+
+
+def select_documents(score_BxL, valid_BxL, segment_ids_BxL, ratio) -> jax.Array:
+    """bool [B, L]: every valid token of the top ceil(ratio * n_segments) segments of the batch (RHO-LOSS
+    selects whole examples). Segments with >= 1 valid token rank by the mean score of their valid tokens
+    (select_topk's order: a NaN mean last, ties to the lower flat index of the segment's first token)."""
+    valid = jnp.asarray(valid_BxL, bool)
+    mean_BxL, is_doc_BxL, first_BxL = selection.segment_means(score_BxL, valid, segment_ids_BxL)
+    chosen_N = select_topk(mean_BxL, is_doc_BxL, ratio).reshape(-1)
+    return chosen_N[first_BxL.reshape(-1)].reshape(valid.shape) & valid
 
 
 # ----------------------------------------------------------------------------- scores
@@ -295,7 +305,7 @@ def slm_objective(ce_BxL, valid_BxL, ref_ce_BxL=None, ref_entropy_BxL=None, *, r
     """Token weights for SLM and scalar stats; the loss is `masked_mean(ce_BxL, weight_BxL)`.
 
     Returns (weight_BxL f32, stats). hard: the select_topk mask as f32 (ratio, scope apply;
-    scope="document" selects whole segments of `segment_ids_BxL`, selection.select_documents).
+    scope="document" selects whole segments of `segment_ids_BxL`, select_documents).
     prob: the hard mask times p(target) = exp(-ce), renormalised to mean 1 over the selected tokens
     (selection.prob_weights). soft: soft_weights(score, valid, temperature) (ratio, scope ignored).
     Goldfish masking, if any, is already folded into `valid_BxL`.
@@ -317,7 +327,7 @@ def slm_objective(ce_BxL, valid_BxL, ref_ce_BxL=None, ref_entropy_BxL=None, *, r
         if scope == "document":
             if segment_ids_BxL is None:
                 raise ValueError("scope='document' needs segment_ids_BxL (the packed segments to rank)")
-            mask = selection.select_documents(score_BxL, valid, segment_ids_BxL, ratio)
+            mask = select_documents(score_BxL, valid, segment_ids_BxL, ratio)
         else:
             mask = select_topk(raw_score_BxL, valid, ratio, scope)
         weight = mask.astype(jnp.float32) if weighting == "hard" else selection.prob_weights(ce, mask)

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from rho_jax import model, objective, sharding
+from rho_jax.batch import INPUT_KEYS
 
-BATCH_KEYS = ("tokens", "segment_ids", "positions")
 
 
 def token_ce(cfg: model.ModelConfig, params, batch: dict, targets_BxL, *, ce_chunk: int = 0,
@@ -55,7 +55,7 @@ def reference_forward(ref_cfg: model.ModelConfig, ref_params, batch: dict, *, ce
 def reference_scorer(ref_cfg: model.ModelConfig, mesh, rules=sharding.DEFAULT_RULES, ce_chunk: int = 0):
     """THE reference scorer: `score(ref_params, batch) -> (ref_ce_BxL, ref_entropy_BxL)`, f32 [b, L] each.
 
-    ref_params: laid out with `score.param_shardings` (e.g. `train.place(params, score.param_shardings)`).
+    ref_params: laid out with `score.param_shardings` (e.g. `sharding.place(params, score.param_shardings)`).
     batch: {tokens, segment_ids, positions} int32 [b, L], one micro-batch: b = `micro_batch_size(...)`,
       the same b offline and online, since the compiled program (and so the last bit) depends on shape.
     Jitted with explicit NamedShardings (params by `rules`, rows over the data axes), under the mesh and
@@ -70,11 +70,11 @@ def reference_scorer(ref_cfg: model.ModelConfig, mesh, rules=sharding.DEFAULT_RU
         with nn.logical_axis_rules(rules):
             return fwd(ref_params, batch)
 
-    jitted = jax.jit(scored, in_shardings=(p_sh, {k: b_sh for k in BATCH_KEYS}), out_shardings=(b_sh, b_sh))
+    jitted = jax.jit(scored, in_shardings=(p_sh, {k: b_sh for k in INPUT_KEYS}), out_shardings=(b_sh, b_sh))
 
     def score(ref_params, batch):
         with sharding.mesh_context(mesh):
-            return jitted(ref_params, {k: batch[k] for k in BATCH_KEYS})
+            return jitted(ref_params, {k: batch[k] for k in INPUT_KEYS})
 
     score.jitted, score.param_shardings, score.batch_sharding = jitted, p_sh, b_sh
     return score
@@ -92,7 +92,7 @@ def score_global_batch(scorer, ref_params, batch: dict, grad_accum: int = 1) -> 
         ce, ent = scorer(ref_params, batch)
         return {"ref_ce": ce, "ref_entropy": ent}
     split, join = _split_join(scorer.batch_sharding, grad_accum)
-    outs = [scorer(ref_params, mb) for mb in split({k: batch[k] for k in BATCH_KEYS})]
+    outs = [scorer(ref_params, mb) for mb in split({k: batch[k] for k in INPUT_KEYS})]
     return {"ref_ce": join([o[0] for o in outs]), "ref_entropy": join([o[1] for o in outs])}
 
 
@@ -101,7 +101,7 @@ def _split_join(b_sh, grad_accum: int):
     """Jitted (compiled once) split of [B, L] rows into contiguous micro-batches, and its inverse."""
     def split(b):
         m = micro_batch_size(b["tokens"].shape[0], grad_accum)
-        return [{k: b[k][i * m:(i + 1) * m] for k in BATCH_KEYS} for i in range(grad_accum)]
+        return [{k: b[k][i * m:(i + 1) * m] for k in INPUT_KEYS} for i in range(grad_accum)]
 
     return (jax.jit(split, out_shardings=b_sh),
             jax.jit(lambda xs: jnp.concatenate(xs, axis=0), out_shardings=b_sh))

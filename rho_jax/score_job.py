@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import os
 
+import jax
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from rho_jax import checkpoint, losses, score, sharding
+from rho_jax import config as config_lib
+from rho_jax.data import inputs, reader, rows as rows_lib, scores as scores_lib
 
 
 def _local_mesh(config):
-    import jax
-
-    from rho_jax import config as config_lib, sharding
-
     try:
         return sharding.mesh_from_config(config.mesh, jax.local_devices())
     except ValueError as e:
@@ -31,11 +34,6 @@ def _local_mesh(config):
 def _score_shard(fn, ref_params, rows_path, out_path, rows_shard: dict, *, seq_len: int, micro: int,
                  ref_identity: str, with_entropy: bool) -> dict:
     """Scores one rows shard into `out_path` (atomically, then its sidecar); returns the sidecar."""
-    import jax
-
-    from rho_jax import losses
-    from rho_jax.data import rows as rows_lib, scores as scores_lib
-
     def flush(writer, block):
         batch = losses.pad_rows(rows_lib.decode_rows(block, seq_len), micro)  # one compiled shape
         ref_ce_BxL, ref_ent_BxL = jax.device_get(fn(ref_params, batch))
@@ -63,26 +61,13 @@ def _score_shard(fn, ref_params, rows_path, out_path, rows_shard: dict, *, seq_l
 def run(config, progress: bool = True) -> list[dict]:
     """Scores every prepared row not yet scored (with data.max_rows > 0: the shards holding the rows training
     reads); returns the score manifests (one per component)."""
-    import jax
-    from tqdm import tqdm
-
-    from rho_jax import checkpoint, config as config_lib, score, train
-    from rho_jax.data import inputs, reader, rows as rows_lib, scores as scores_lib
-
-    config_lib.validate(config, jax.device_count())
+    config_lib.validate(config, jax.device_count(), purpose="score")
     d = config.data
-    if not d.prepared:
-        raise config_lib.ConfigError("config.data.prepared is empty: which prepared rows should be scored? "
-                                     "(run `rho-jax prepare --config=...` first)")
-    if not d.score_cache:
-        raise config_lib.ConfigError("config.data.score_cache is empty: where should the score shards go?")
-    if not config.init.reference:
-        raise config_lib.ConfigError("config.init.reference is empty: which reference model scores the corpus?")
     vocab_id = inputs.vocabulary_identity(d.vocab)
     comps = reader.open_components(d.prepared, seq_len=d.seq_len, vocab_identity=vocab_id, max_rows=d.max_rows)
     work = [(c, sdir) for c, (_, _, sdir, _) in zip(comps, scores_lib.component_dirs(d.prepared, d.score_cache))]
-    ref_cfg, ref_params = checkpoint.load_weights(config.init.reference, "reference")
-    ref_cfg = ref_cfg.replace(**{k: config.model[k] for k in ("dtype", "remat", "attention")})
+    ref_cfg, ref_params = checkpoint.load_weights(config.init.reference, "reference",
+                                                  config_lib.runtime_overrides(config))
     if ref_cfg.vocab_size < inputs.tokenizer_vocab_size(d.vocab):
         raise config_lib.ConfigError(f"vocabulary mismatch: the tokenizer has more ids than the reference's "
                                      f"vocab_size={ref_cfg.vocab_size}; score with a reference of this tokenizer")
@@ -96,11 +81,11 @@ def run(config, progress: bool = True) -> list[dict]:
                                          f"setting; choose an empty config.data.score_cache or delete {sdir}")
 
     mesh = _local_mesh(config)
-    rules = tuple(tuple(r) for r in config.mesh.rules)
+    rules = config_lib.mesh_rules(config)
     # The compiled scorer online SLM runs, on the micro-batch shape training uses: bit-identical scores.
     fn = score.reference_scorer(ref_cfg, mesh, rules, config.objective.ce_chunk)
     micro = score.micro_batch_size(config.train.batch_size, config.train.grad_accum)
-    placed = train.place(ref_params, fn.param_shardings)
+    placed = sharding.place(ref_params, fn.param_shardings)
     p, n_proc = jax.process_index(), jax.process_count()
     mine = [(c.dir, sdir, s) for c, sdir in work for i, s in enumerate(c.shards) if i % n_proc == p]
     bar = tqdm(total=sum(s["rows"] for *_, s in mine) * d.seq_len, unit="tok", unit_scale=True,
@@ -120,8 +105,6 @@ def run(config, progress: bool = True) -> list[dict]:
     bar.close()
     print(f"process {p}/{n_proc}: scored {scored} shards, {kept} already done", flush=True)
     if n_proc > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("rho_jax_score_shards_done")
     manifests = []
     for c, sdir in work:

@@ -1,7 +1,8 @@
 """Plug-ins from the token-selection family around Rho-1: pure functions, exact on any mesh.
 
   keep_BxL   = goldfish_keep(tokens_BxL, segment_ids_BxL, k, h)    # Goldfish loss: drop 1/k by hash
-  mask_BxL   = select_documents(score_BxL, valid_BxL, segment_ids_BxL, ratio)  # RHO-LOSS-style scope
+  mean_BxL, is_doc_BxL, first_BxL = segment_means(score_BxL, valid_BxL, segment_ids_BxL)  # document scope
+                                                                   # (objective.select_documents ranks them)
   weight_BxL = prob_weights(ce_BxL, mask_BxL)                      # DFT: sg(p(token)), mean 1
 
 `objective.slm_objective` composes them with its scores (the `target_loss` score, ESLM, needs no
@@ -89,15 +90,12 @@ def segment_groups(segment_ids_BxL) -> tuple[jax.Array, jax.Array]:
     return rows * n + first_col_BxL, first_col_BxL == col_BxL
 
 
-def select_documents(score_BxL, valid_BxL, segment_ids_BxL, ratio) -> jax.Array:
-    """bool [B, L]: every valid token of the top ceil(ratio * n_segments) segments of the batch.
+def segment_means(score_BxL, valid_BxL, segment_ids_BxL) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The document scope's per-segment scores (objective.select_documents ranks them).
 
-    Segments with >= 1 valid token are ranked by the mean score of their valid tokens (higher
-    first; a NaN mean ranks last), ties to the lower row-major flat index of the segment's first
-    token; k = objective.compute_k(n_segments, ratio), exact. (RHO-LOSS selects whole examples.)
-    """
-    from rho_jax.objective import compute_k, rank_scores  # objective imports this module
-
+    Returns mean_BxL (f32: at a segment's first token, the mean score of its valid tokens; 0
+    elsewhere), is_doc_BxL (bool: a segment's first token, the segment having >= 1 valid token) and
+    first_BxL (int32: each position's segment's first-token flat index, to spread a choice back)."""
     valid_BxL = jnp.asarray(valid_BxL, bool)
     shape = valid_BxL.shape
     first_BxL, is_first_BxL = segment_groups(segment_ids_BxL)
@@ -109,11 +107,7 @@ def select_documents(score_BxL, valid_BxL, segment_ids_BxL, ratio) -> jax.Array:
     count_N = jnp.zeros_like(first_N).at[first_N].add(valid_BxL.reshape(-1).astype(jnp.int32))
     is_doc_N = is_first_BxL.reshape(-1) & (count_N > 0)
     mean_N = total_N / jnp.maximum(count_N, 1).astype(jnp.float32)
-    # rank_scores' order (valid, non-NaN, high score, low flat index) is exactly the segment order
-    rank_N = rank_scores(mean_N.reshape(shape), is_doc_N.reshape(shape)).reshape(-1)
-    k = compute_k(jnp.sum(is_doc_N, dtype=jnp.int32), ratio)
-    chosen_N = is_doc_N & (rank_N < k)
-    return chosen_N[first_N].reshape(shape) & valid_BxL
+    return mean_N.reshape(shape), is_doc_N.reshape(shape), first_BxL
 
 
 # ----------------------------------------------------------------------------- DFT weighting

@@ -13,7 +13,11 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+import optax
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rho_jax import model
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the global batch is split over both data-parallel axes
@@ -61,8 +65,6 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(data, fsdp, tensor, len(devices))
     try:  # topology-aware placement on TPU/GPU slices; on CPU it is a plain reshape
-        from jax.experimental import mesh_utils
-
         grid = mesh_utils.create_device_mesh(shape, devices=devices)
     except Exception:  # noqa: BLE001 - fall back to host-major order (e.g. unusual slices)
         grid = np.asarray(devices, dtype=object).reshape(shape)
@@ -108,15 +110,11 @@ def tree_shardings(logical_tree, shape_tree, mesh: Mesh, rules):
 
 
 def param_shardings(model_cfg, mesh: Mesh, rules=DEFAULT_RULES):
-    from rho_jax import model
-
     return tree_shardings(model.param_logical_axes(model_cfg), model.param_shapes(model_cfg), mesh, rules)
 
 
 def opt_state_shardings(tx, params_shape, params_sharding, mesh: Mesh):
     """Optimizer-state leaves that mirror a parameter get its sharding; the rest are replicated."""
-    import optax
-
     state_shape = jax.eval_shape(tx.init, params_shape)
     replicated = NamedSharding(mesh, P())
     out = {}
@@ -158,3 +156,13 @@ def mesh_context(mesh: Mesh):
     if hasattr(jax.sharding, "use_mesh"):
         return jax.sharding.use_mesh(mesh)
     return mesh
+
+
+def place(tree, shardings):
+    """Puts a tree of host (numpy) arrays on the mesh; works on multi-host since every host holds the full
+    array. Floating leaves become float32 (master weights); the model casts to its compute dtype."""
+    def put(x, sh: NamedSharding):
+        x = np.asarray(x, dtype=np.float32) if np.asarray(x).dtype.kind == "f" else np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree, shardings)

@@ -12,10 +12,10 @@ Per step (SLM: one target forward and backward, plus one reference forward when 
 
 Online and cached SLM therefore run the same jitted step on bit-identical inputs: the same update.
 
-With gradient accumulation the selection still runs over the whole global batch: a no-grad
-pass computes the scores of every micro-batch first, then the gradient pass reuses those weights
-with the global normaliser. scope='micro_batch' (approximate) skips that pass and selects the top k
-within each micro-batch instead.
+With gradient accumulation (rho_jax.accumulate) the selection still runs over the whole global batch:
+a no-grad pass computes the scores of every micro-batch first, then the gradient pass reuses those
+weights with the global normaliser. scope='micro_batch' (approximate) skips that pass and selects the
+top k within each micro-batch instead.
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from rho_jax import model, objective, selection, sharding
+from rho_jax import accumulate, model, objective, selection, sharding
 from rho_jax import score as score_lib
+from rho_jax.batch import INPUT_KEYS
 from rho_jax.score import reference_forward, token_ce
-
-BATCH_KEYS = ("tokens", "segment_ids", "positions")
 
 
 @flax.struct.dataclass
@@ -126,15 +125,6 @@ def make_optimizer(tc) -> optax.GradientTransformation:
                     mask=_decay_mask))
 
 
-def _micro(x, a: int):
-    """[B, ...] -> [A, B/A, ...]; micro-batch i holds rows i, i+A, ... so each stays spread over the data axes."""
-    return x.reshape(x.shape[0] // a, a, *x.shape[1:]).swapaxes(0, 1)
-
-
-def _unmicro(x):
-    return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
-
-
 def valid_positions(spec: StepSpec, batch: dict) -> tuple[jax.Array, jax.Array]:
     """targets_BxL and valid_BxL: shift_targets, minus the Goldfish-dropped positions."""
     targets_BxL, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
@@ -165,18 +155,14 @@ def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng, ema_params=No
     seg_BxL = batch["segment_ids"]
     ref_ce_BxL = ref_ent_BxL = None
     if spec.ema:
-        micro_batches = jax.tree.map(lambda x: _micro(x, a), {k: batch[k] for k in BATCH_KEYS})
+        micro_batches = jax.tree.map(lambda x: accumulate.micro(x, a), {k: batch[k] for k in INPUT_KEYS})
         ref = jax.lax.map(lambda mb: reference_forward(spec.ref_model, ema_params, mb, ce_chunk=spec.ce_chunk,
                                                        with_entropy=spec.needs_entropy), micro_batches)
-        ref_ce_BxL = _unmicro(ref[0])
-        ref_ent_BxL = _unmicro(ref[1]) if spec.needs_entropy else None
+        ref_ce_BxL = accumulate.unmicro(ref[0])
+        ref_ent_BxL = accumulate.unmicro(ref[1]) if spec.needs_entropy else None
     elif spec.online or spec.cached:
         ref_ce_BxL = batch["ref_ce"]
         ref_ent_BxL = batch.get("ref_entropy") if spec.needs_entropy else None
-
-    def micro_loss(p, mb, targets, weight, denom):
-        ce, _ = token_ce(spec.model, p, mb, targets, ce_chunk=spec.ce_chunk)
-        return jnp.sum(ce * weight) / denom, ce
 
     if a == 1:
         def loss_fn(p):
@@ -188,68 +174,12 @@ def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng, ema_params=No
         (loss, (ce_BxL, weight_BxL, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss, grads, jax.lax.stop_gradient(ce_BxL), weight_BxL, stats
 
-    mbs = jax.tree.map(lambda x: _micro(x, a), {k: batch[k] for k in BATCH_KEYS})
-    targets_m = _micro(targets_BxL, a)
+    mbs = jax.tree.map(lambda x: accumulate.micro(x, a), {k: batch[k] for k in INPUT_KEYS})
+    targets_m = accumulate.micro(targets_BxL, a)
     if spec.slm and spec.scope == "micro_batch":
-        return _micro_batch_scope(spec, params, step, rng, mbs, targets_m, valid_BxL, ref_ce_BxL, ref_ent_BxL)
-    if spec.slm:  # scores of every micro-batch first: the top-k must see the whole global batch
-        sg_params = jax.lax.stop_gradient(params)
-        ce_m = jax.lax.map(lambda x: token_ce(spec.model, sg_params, x[0], x[1], ce_chunk=spec.ce_chunk)[0],
-                           (mbs, targets_m))
-        weight_BxL, stats = _selection(spec, step, _unmicro(ce_m), valid_BxL, ref_ce_BxL, ref_ent_BxL, rng, seg_BxL)
-    else:
-        weight_BxL, stats = _selection(spec, step, None, valid_BxL, None, None, rng, seg_BxL)
-    denom = jnp.maximum(jnp.sum(weight_BxL), 1e-9)  # once, over the global batch
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-
-    def body(acc, x):
-        mb, targets, weight = x
-        (loss, ce), g = grad_fn(params, mb, targets, weight, denom)
-        return (acc[0] + loss, jax.tree.map(jnp.add, acc[1], g)), ce
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    (loss, grads), ce_m = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), (mbs, targets_m, _micro(weight_BxL, a)))
-    return loss, grads, _unmicro(ce_m), weight_BxL, stats
-
-
-def _micro_batch_scope(spec: StepSpec, params, step, rng, mbs, targets_m, valid_BxL, ref_ce_BxL, ref_ent_BxL):
-    """scope='micro_batch' under grad accumulation (APPROXIMATE): top-k within each micro-batch from the
-    CE of the gradient pass itself, so there is no selection pass. k_i = ceil(ratio * n_valid_i); the loss
-    is normalised once by sum_i k_i (soft weighting: by n_valid; prob: by sum_i k_i, its weights have mean 1). Stats are pooled over micro-batches."""
-    a = spec.grad_accum
-    valid_m = _micro(valid_BxL, a)
-    ratio = objective.ratio_at(step, spec.ratio, spec.ratio_end if spec.ratio_end >= 0 else None, spec.total_steps)
-    if spec.weighting in ("hard", "prob"):  # prob weights have mean 1 over the selected tokens
-        denom = jnp.sum(objective.compute_k(jnp.sum(valid_m, axis=(1, 2), dtype=jnp.int32), ratio)).astype(jnp.float32)
-    else:
-        denom = jnp.sum(valid_BxL, dtype=jnp.float32)
-    denom = jnp.maximum(denom, 1e-9)
-    none_m = jnp.zeros((a,), jnp.float32)  # placeholder xs for absent reference arrays
-    ref_m = _micro(ref_ce_BxL, a) if ref_ce_BxL is not None else none_m
-    ent_m = _micro(ref_ent_BxL, a) if ref_ent_BxL is not None else none_m
-
-    def loss_fn(p, mb, targets, valid, ref, ent, key):
-        ce, _ = token_ce(spec.model, p, mb, targets, ce_chunk=spec.ce_chunk)
-        weight, stats = objective.slm_objective(
-            jax.lax.stop_gradient(ce), valid, ref if ref.ndim == 2 else None, ent if ent.ndim == 2 else None,
-            ratio=ratio, score=spec.score, scope="batch", weighting=spec.weighting, temperature=spec.temperature,
-            rng=key)
-        return jnp.sum(ce * weight) / denom, (ce, weight, stats)
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def body(acc, x):
-        (loss, (ce, weight, stats)), g = grad_fn(params, *x)
-        return (acc[0] + loss, jax.tree.map(jnp.add, acc[1], g)), (ce, weight, stats)
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    xs = (mbs, targets_m, valid_m, ref_m, ent_m, jax.random.split(rng, a))
-    (loss, grads), (ce_m, weight_m, stats_m) = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), xs)
-    n_valid, n_selected = jnp.sum(stats_m["n_valid"]), jnp.sum(stats_m["n_selected"])
-    stats = {k: jnp.mean(v) for k, v in stats_m.items()}  # per-micro-batch means (equal-size micro-batches)
-    stats.update(n_valid=n_valid, n_selected=n_selected, threshold=jnp.min(stats_m["threshold"]),
-                 selected_fraction=n_selected / jnp.maximum(n_valid, 1).astype(jnp.float32))
-    return loss, grads, _unmicro(ce_m), _unmicro(weight_m), stats
+        return accumulate.per_micro_batch(spec, params, step, rng, mbs, targets_m, valid_BxL, ref_ce_BxL, ref_ent_BxL)
+    select = lambda ce_BxL: _selection(spec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, rng, seg_BxL)  # noqa: E731
+    return accumulate.global_selection(spec, params, mbs, targets_m, select)
 
 
 def train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainState,
@@ -301,13 +231,13 @@ def state_shardings(spec: StepSpec, tx, mesh: Mesh, rules) -> tuple[TrainState, 
 def batch_keys(spec: StepSpec) -> tuple[str, ...]:
     """Keys the jitted step reads (online SLM: the scorer adds ref_ce / ref_entropy before the step)."""
     if spec.online or spec.cached:
-        return BATCH_KEYS + (("ref_ce", "ref_entropy") if spec.needs_entropy else ("ref_ce",))
-    return BATCH_KEYS
+        return INPUT_KEYS + (("ref_ce", "ref_entropy") if spec.needs_entropy else ("ref_ce",))
+    return INPUT_KEYS
 
 
 def input_keys(spec: StepSpec) -> tuple[str, ...]:
     """Keys the caller supplies: online SLM needs only the rows, the reference scores them."""
-    return BATCH_KEYS if spec.online else batch_keys(spec)
+    return INPUT_KEYS if spec.online else batch_keys(spec)
 
 
 def compile_train_step(spec: StepSpec, tx, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> Callable:
@@ -357,14 +287,3 @@ def init_state(spec: StepSpec, tx, mesh: Mesh, rng: jax.Array, params=None, rule
         ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=st_sh.params)(params)
     return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), st_sh.step), params=params,
                       opt_state=opt_state, rng=jax.device_put(state_rng, st_sh.rng), ema_params=ema)
-
-
-def place(tree, shardings):
-    """Puts a tree of host (numpy) arrays on the mesh; works on multi-host since every host holds the full array."""
-    import numpy as np
-
-    def put(x, sh: NamedSharding):
-        x = np.asarray(x, dtype=np.float32) if np.asarray(x).dtype.kind == "f" else np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
-
-    return jax.tree.map(put, tree, shardings)

@@ -150,7 +150,7 @@ def final_params(workdir: Path):
 
     from rho_jax import checkpoint
 
-    _, params = checkpoint.load_model(str(workdir / "final"))
+    _, params = checkpoint.restore_model_dir(str(workdir / "final"))
     return jax.tree.map(np.asarray, params)
 
 

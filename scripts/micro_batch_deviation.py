@@ -7,7 +7,7 @@ with the demo SentencePiece vocabulary and packed into rows of --seq tokens, row
 Scores: excess = ce_target - ce_ref per token, from two small trained models: add-one-smoothed bigram LMs, the
 target fit on general text (the base model's data), the reference on general text plus clean CHAMP math
 weighted x10 (the reference model's data). Selection uses rho_jax.objective.select_topk exactly as training does;
-micro-batch i holds rows i, i+A, ... as train._micro. Prints the share of the exact selection that the
+micro-batch i holds rows i, i+A, ... as accumulate.micro. Prints the share of the exact selection that the
 micro-batch scope misses (= the share it picks instead, since both keep about k tokens).
 """
 

@@ -61,7 +61,7 @@ for scan in (True, False):
         c2.model.scan_layers = scan
     mc2 = config_lib.model_config(c2)
     mesh = sharding.mesh_from_config(c2.mesh)
-    rules = tuple(tuple(r) for r in c2.mesh.rules)
+    rules = config_lib.mesh_rules(c2)
     sspec = train.StepSpec.from_config(c2, mc2, None)
     tx2 = train.make_optimizer(c2.train)
     step = train.compile_train_step(sspec, tx2, mesh, rules)

@@ -50,7 +50,7 @@ def measure(config_path: str, grad_accum: int, remat: str, overrides: dict | Non
 
     mesh = sharding.mesh_from_config(c.mesh)
     cfg = config_lib.model_config(c)
-    rules = tuple(tuple(r) for r in c.mesh.rules)
+    rules = config_lib.mesh_rules(c)
     spec = train.StepSpec.from_config(c, cfg, None)
     tx = train.make_optimizer(c.train)
     step = train.compile_train_step(spec, tx, mesh, rules)

@@ -12,7 +12,7 @@ import pytest
 from rho_jax import analysis, cli
 from rho_jax.checkpoint import Checkpointer
 from rho_jax.data.vocab import train_sentencepiece
-from rho_jax.evaluate import heldout_loss
+from rho_jax.losses import heldout_loss
 from rho_jax.interop import load_tokenizer
 from rho_jax.model import ModelConfig, forward, param_shapes
 from rho_jax.train import TrainState

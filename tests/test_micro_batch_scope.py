@@ -29,7 +29,7 @@ def test_micro_batch_scope_selects_within_each_micro_batch():
     _, valid = objective.shift_targets(batch["tokens"], batch["segment_ids"])
     valid = np.asarray(valid)
     ks = []
-    for i in range(A):  # micro-batch i holds rows i, i + A, ... (train._micro)
+    for i in range(A):  # micro-batch i holds rows i, i + A, ... (accumulate.micro)
         rows = slice(i, None, A)
         expect = objective.select_topk(ce[rows] - batch["ref_ce"][rows], valid[rows], 0.6)
         np.testing.assert_array_equal(w[rows] > 0, np.asarray(expect), err_msg=f"micro-batch {i}")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from test_train_step import mesh_of, packed_batch, tiny_config, with_cached_scores
 
+from rho_jax.batch import INPUT_KEYS
 from rho_jax import config as config_lib
 from rho_jax import loop, model, objective, score, train
 
@@ -114,7 +115,7 @@ def test_unselected_tokens_stay_in_attention(setup):
 def test_accumulation_normalises_once_with_uneven_selection(setup):
     c, m_cfg, params, ref = setup
     b = with_cached_scores(packed_batch(2), m_cfg, ref)
-    # micro-batch i holds rows i, i+4 (train._micro): make rows 0 and 4 far more "excess" than the rest
+    # micro-batch i holds rows i, i+4 (accumulate.micro): make rows 0 and 4 far more "excess" than the rest
     b["ref_ce"] = b["ref_ce"] - np.where(np.isin(np.arange(8), [0, 4])[:, None], 5.0, 0.0).astype(np.float32)
     grads = {}
     for a in (1, 4):
@@ -138,7 +139,7 @@ def test_accumulation_normalises_once_with_uneven_selection(setup):
         out = 0.0
         for i in range(4):
             rows = np.array([i, i + 4])
-            mb = {k: b[k][rows] for k in train.BATCH_KEYS}
+            mb = {k: b[k][rows] for k in INPUT_KEYS}
             ce_mb, _ = score.token_ce(m_cfg, p, mb, targets[rows])
             out += objective.masked_mean(ce_mb, w1[rows]) / 4
         return out

@@ -106,12 +106,12 @@ def test_document_scope_selects_exact_k_whole_segments_with_ties_to_first_token(
     # means over valid tokens: (0,1)=.5, (0,2)=3.5, (1,3)=(8+13)/2=10.5, (1,1)=(10+11)/2=10.5 -> tie,
     # broken toward (1,3) whose first token (flat 8) precedes (1,1)'s (flat 10)
     for ratio, want in [(0.25, {(1, 3)}), (0.5, {(1, 3), (1, 1)}), (0.75, {(1, 3), (1, 1), (0, 2)})]:
-        mask = np.asarray(S.select_documents(score, valid, seg, ratio))
+        mask = np.asarray(O.select_documents(score, valid, seg, ratio))
         chosen = {(r, int(seg[r, c])) for r, c in zip(*np.nonzero(mask))}
         assert chosen == want, ratio
         for r, s in want:  # every valid token of a chosen segment, nothing else
             np.testing.assert_array_equal(mask[r][seg[r] == s], valid[r][seg[r] == s])
-    np.testing.assert_array_equal(S.select_documents(score, valid, seg, 0.5), ref.select_documents(score, valid, seg, 0.5))
+    np.testing.assert_array_equal(O.select_documents(score, valid, seg, 0.5), ref.select_documents(score, valid, seg, 0.5))
 
 
 def test_goldfish_mask_is_a_pure_function_of_the_text():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from test_train_step import max_diff, mesh_of, packed_batch, run_steps, tiny_config, with_cached_scores
 
+from rho_jax.batch import INPUT_KEYS
 from rho_jax import checkpoint as ckpt
 from rho_jax import config as config_lib
 from rho_jax import loop, model, sharding, train
@@ -45,12 +46,13 @@ def test_target_loss_needs_no_reference_model():
     models = loop.build_models(c)  # no init.reference needed
     assert models[2] is None
     spec = train.StepSpec.from_config(c, models[0], None)
-    assert not spec.online and spec.ref_model is None and train.batch_keys(spec) == train.BATCH_KEYS
+    assert not spec.online and spec.ref_model is None and train.batch_keys(spec) == INPUT_KEYS
     params, history = run_steps(c, mesh_of((8, 1, 1)), [packed_batch(0)])
     assert history[0]["finite"] == 1 and 0.49 < history[0]["selected_fraction"] < 0.52
-    c.objective.score = "excess"
+    c.objective.score = "excess"  # a reference score: training needs the reference model
+    config_lib.validate(c, 8)  # the schema and values are fine ...
     with pytest.raises(config_lib.ConfigError, match="init.reference"):
-        loop.build_models(c)
+        config_lib.validate(c, 8, purpose="train")  # ... but a training run cannot start without it
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 2, 2)])
@@ -85,7 +87,7 @@ def test_ema_reference_is_the_ema_before_each_update(shape):
     step_on = train.compile_train_step(spec_on, tx, mesh)
     s_on = train.init_state(spec_on, tx, mesh, jax.random.PRNGKey(0))
     for t, b in enumerate(batches):
-        ref = train.place(jax.tree.map(np.float32, emas[t]), step_on.ref_shardings)
+        ref = sharding.place(jax.tree.map(np.float32, emas[t]), step_on.ref_shardings)
         s_on, _ = step_on(s_on, b, ref)
         assert max_diff(host(s_on.params), params[t + 1]) <= 1e-5, t
     # and it changes the update: CLM on the same batches ends elsewhere

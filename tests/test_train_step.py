@@ -48,7 +48,7 @@ def run_steps(c, mesh, batches, ref_params=None, init_params=None):
     tx = train.make_optimizer(c.train)
     step = train.compile_train_step(spec, tx, mesh)
     state = train.init_state(spec, tx, mesh, jax.random.PRNGKey(0), params=init_params)
-    ref = train.place(ref_params, step.ref_shardings) if ref_params is not None else None
+    ref = sharding.place(ref_params, step.ref_shardings) if ref_params is not None else None
     history = []
     for b in batches:
         state, metrics = step(state, b, ref)
@@ -59,7 +59,7 @@ def run_steps(c, mesh, batches, ref_params=None, init_params=None):
 def with_cached_scores(batch, ref_cfg, ref_params, mesh=None):
     """The batch plus ref_ce / ref_entropy as `rho-jax score` writes them: THE scorer on this mesh."""
     scorer = score.reference_scorer(ref_cfg, mesh or mesh_of((1, 1, 1)))
-    ref_ce, ref_ent = scorer(train.place(ref_params, scorer.param_shardings), batch)
+    ref_ce, ref_ent = scorer(sharding.place(ref_params, scorer.param_shardings), batch)
     return {**batch, "ref_ce": np.asarray(ref_ce), "ref_entropy": np.asarray(ref_ent)}
 
 
@@ -86,7 +86,7 @@ def test_same_masks_and_params_on_every_mesh(ref_params):
         scored = with_cached_scores(batch, m_cfg, ref_params, mesh)
         fn = jax.jit(lambda p, b: train.loss_and_grads(spec, p, b, 0, jax.random.PRNGKey(1))[3],
                      in_shardings=(p_sh, {k: b_sh for k in scored}))
-        masks[shape] = np.asarray(fn(train.place(params0, p_sh), scored))
+        masks[shape] = np.asarray(fn(sharding.place(params0, p_sh), scored))
         finals[shape], _ = run_steps(c, mesh, [batch, packed_batch(1)], ref_params)
     base = masks[(1, 1, 1)]
     n_valid = int(train.objective.shift_targets(batch["tokens"], batch["segment_ids"])[1].sum())

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+
+from rho_jax.checkpoint import load_weights
 from rho_jax.config import ConfigError
-from rho_jax.data import reader, vocab as vocab_lib
+from rho_jax.data import reader, scores, vocab as vocab_lib
+from rho_jax.interop import as_seqio_vocabulary, load_tokenizer
 
 
 class InputError(ConfigError):
@@ -24,8 +28,6 @@ def load_vocabulary(path: str):
     (SentencePiece .model, tokenizer.json, or a .gguf with an embedded vocabulary)."""
     if not path:
         return vocab_lib.seqio_vocabulary(vocab_lib.demo_vocab_path())
-    from rho_jax.interop import as_seqio_vocabulary, load_tokenizer
-
     return as_seqio_vocabulary(load_tokenizer(path))
 
 
@@ -42,8 +44,6 @@ def vocabulary_identity(path: str) -> str:
 
 def load_text_tokenizer(path: str):
     """The tokenizer (`rho_jax.interop.Tokenizer`) of `path`, or of the demo vocabulary when `path` is ''."""
-    from rho_jax.interop import load_tokenizer
-
     return load_tokenizer(str(tokenizer_path(path)))
 
 
@@ -59,26 +59,17 @@ def _prepared(config) -> str:
 
 
 def reference_identity(config) -> str:
-    """The identity of config.init.reference, which cached scores must have been made with."""
-    if not config.init.reference:
-        raise InputError("config.objective.reference='cached' needs config.init.reference: the reference the "
-                         "scores were made with, so the score cache can be checked against it")
-    from rho_jax.checkpoint import load_weights
-    from rho_jax.data.scores import params_identity
-
-    return params_identity(load_weights(config.init.reference, "reference")[1])
+    """The identity of config.init.reference (config.validate(purpose='train') made sure it is set), which
+    cached scores must have been made with."""
+    return scores.params_identity(load_weights(config.init.reference, "reference")[1])
 
 
 def input_for_training(config, input_state: dict | None = None) -> reader.Reader:
     """This process's resumable batch iterator; in cached SLM mode it carries ref_ce (and ref_entropy when
     the objective's score needs it) from score shards checked against these rows and this reference."""
-    import jax
-
     d, o = config.data, config.objective
-    cached = o.mode == "slm" and o.reference == "cached"
+    cached = o.mode == "slm" and o.reference == "cached"  # config.validate: score_cache and reference set
     with_entropy = cached and "entropy" in o.score
-    if cached and not d.score_cache:
-        raise InputError("config.objective.reference='cached' needs config.data.score_cache (run `rho-jax score`)")
     comps = reader.open_components(_prepared(config), seq_len=d.seq_len, vocab_identity=vocabulary_identity(d.vocab),
                                    max_rows=d.max_rows)
     if cached:

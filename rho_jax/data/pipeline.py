@@ -14,7 +14,9 @@ from typing import Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
-INT_KEYS = ("tokens", "segment_ids", "positions")
+from rho_jax.batch import INPUT_KEYS
+
+INT_KEYS = INPUT_KEYS
 
 
 @dataclasses.dataclass

@@ -27,8 +27,10 @@ from typing import Optional
 
 from etils import epath
 
-from rho_jax.data import pipeline, rows, sources
+from rho_jax import config as config_lib
+from rho_jax.data import inputs, pipeline, rows, sources
 from rho_jax.data.rows import DataError
+from rho_jax.interop.tokenizer import load_tokenizer
 
 STATS = ("documents", "tokens", "pad_tokens", "split_documents", "rows")
 
@@ -61,8 +63,6 @@ _TOKENIZERS: dict = {}
 def _tokenizer(path: str):
     """One tokenizer per worker process; a remote file is copied to local disk first."""
     if path not in _TOKENIZERS:
-        from rho_jax.interop.tokenizer import load_tokenizer
-
         local = path
         if "://" in path:
             src = epath.Path(path)
@@ -106,6 +106,8 @@ def _done(job: ShardJob, settings: Settings) -> Optional[dict]:
 
 
 def _beam_options(workers: int, beam_args: str):
+    # Beam is imported only when a pipeline runs: it takes seconds to import and is not needed by training
+    # (nor installed on every accelerator image).
     from apache_beam.options.pipeline_options import PipelineOptions
 
     args = shlex.split(beam_args or "")
@@ -119,7 +121,7 @@ def _beam_options(workers: int, beam_args: str):
 
 def run_beam(jobs: list[ShardJob], settings: Settings, workers: int = 1, beam_args: str = "") -> None:
     """Runs the Beam pipeline over `jobs`; each writes its shard and sidecar. Raises DataError on an input error."""
-    import apache_beam as beam
+    import apache_beam as beam  # lazily, as in _beam_options
 
     class PrepareShard(beam.DoFn):
         def process(self, job):
@@ -190,8 +192,6 @@ def prepare(source: str, out_dir: str, *, tokenizer: str, vocab_identity: str, s
     A rerun into the same directory with the same settings redoes only unfinished shards; a directory
     holding another preparation (other vocabulary, seq_len, packing or source) is refused.
     """
-    from rho_jax.interop.tokenizer import load_tokenizer
-
     tok = load_tokenizer(tokenizer)
     if tok.eos_id is None:
         raise DataError(f"tokenizer {tokenizer} has no EOS token; packing needs one to end every document")
@@ -242,19 +242,11 @@ def run(config, source: Optional[str] = None, split: Optional[str] = None, out: 
 
     source/split/out override those fields (e.g. a held-out set: source="champ_clean", split="validation").
     """
-    from rho_jax.config import ConfigError
-    from rho_jax.data import inputs
-
+    config_lib.validate(config, purpose="prepare")
     d = config.data
     source, split, out = source or d.source, split or d.split, out or d.prepared
     if not out:
-        raise ConfigError("config.data.prepared is empty: which directory should the prepared rows go to?")
-    if d.prepare_workers < 1:
-        raise ConfigError(f"config.data.prepare_workers={d.prepare_workers} must be >= 1")
-    if d.prepare_max_shards < 0:
-        raise ConfigError(f"config.data.prepare_max_shards={d.prepare_max_shards} must be >= 0 (0 = every shard)")
-    if d.prepare_shard_mb <= 0:
-        raise ConfigError(f"config.data.prepare_shard_mb={d.prepare_shard_mb} must be > 0")
+        raise config_lib.ConfigError("config.data.prepared is empty: which directory should the prepared rows go to?")
     seqio_vocab = None
     if source.split(":", 1)[0] not in sources.FORMATS + ("mix",):
         seqio_vocab = inputs.load_vocabulary(d.vocab)  # a SeqIO name: registration needs the vocabulary

@@ -42,6 +42,7 @@ STATE_FORMAT = "rho_jax.grain_reader/1"
 def _open_records(paths: list[str], counts: list[int]):
     """Grain's ArrayRecordDataSource over `paths`, after checking each file's record count (a truncated
     shard has fewer records or cannot be opened)."""
+    # Grain and ArrayRecord load only when rows are read: the model, step and bench import without them
     import grain
     from array_record.python import array_record_module
 

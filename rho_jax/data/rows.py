@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from typing import Iterator, Mapping, Optional
@@ -28,6 +29,7 @@ from typing import Iterator, Mapping, Optional
 import numpy as np
 from etils import epath
 
+from rho_jax.batch import INPUT_KEYS
 from rho_jax.config import ConfigError
 
 FORMAT = "rho_jax.prepared/1"
@@ -37,7 +39,7 @@ MIXTURE = "mixture.json"
 # group_size:1 makes every record independently readable (Grain's ArrayRecordDataSource insists on
 # it for random access). zstd:1 shrinks a packed row ~6x, as much as the default zstd:3, at 2.5x the speed.
 WRITER_OPTIONS = "group_size:1,zstd:1"
-ROW_KEYS = ("tokens", "segment_ids", "positions")
+ROW_KEYS = INPUT_KEYS  # a row is [3, L] in this order
 SKIP_REASONS = ("empty", "invalid_utf8", "missing_field", "malformed_json")
 STAT_KEYS = ("rows", "documents", "tokens", "pad_tokens", "split_documents")
 
@@ -114,7 +116,6 @@ def read_json(path, what: str = "file") -> dict:
 
 def copy_file(src, dst) -> None:
     """Streams `src` to `dst` (either local or gs://); for a local `dst` the copy appears atomically."""
-    import shutil
 
     src, dst = epath.Path(src), epath.Path(dst)
     tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}" if _is_local(dst) else dst
@@ -146,6 +147,8 @@ class ShardWriter:
     """
 
     def __init__(self, path, options: str = WRITER_OPTIONS):
+        # ArrayRecord is imported where files are read or written: the model, step and bench import
+        # without it (an accelerator image may not have it)
         from array_record.python import array_record_module
 
         self.path = epath.Path(path)

@@ -20,6 +20,7 @@ import hashlib
 import json
 from typing import Mapping, Optional
 
+import jax
 import numpy as np
 from etils import epath
 
@@ -47,7 +48,6 @@ def fingerprint(rows_sha256: str, ref_identity: str, seq_len: int) -> str:
 
 def params_identity(params) -> str:
     """sha256 of a parameter tree (paths, shapes, dtypes and bytes): the reference checkpoint's identity."""
-    import jax
 
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):

@@ -18,6 +18,7 @@ file order, so the packed output never depends on scheduling.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob as globlib
 import gzip
 import json
@@ -26,6 +27,7 @@ from typing import Iterator, Optional
 
 from etils import epath
 
+from rho_jax.data import tasks
 from rho_jax.data.rows import DataError
 
 FORMATS = ("jsonl", "parquet")
@@ -104,9 +106,7 @@ def _file_spec(spec: str) -> tuple[str, str]:
 
 def _registered(name: str, split: str, vocab, general_rate: float) -> list[Component]:
     """A registered SeqIO task/mixture -> its JSONL files, text field and rates (read from the registry)."""
-    import seqio
-
-    from rho_jax.data import tasks
+    import seqio  # lazily: SeqIO imports TensorFlow, which only SeqIO-defined sources need
 
     if vocab is None:
         raise DataError(f"data.source={name!r} is a SeqIO name: resolving it needs the vocabulary")
@@ -129,11 +129,7 @@ def _short(task_name: str) -> str:
 
 def _task_component(task, split: str, rate: float, name: str) -> Component:
     """Reads what a task does: a JSONL FunctionDataSource + rekey(targets <- field) + tokenize."""
-    import functools
-
-    import seqio
-
-    from rho_jax.data import tasks
+    import seqio  # lazily, as above
 
     text_field = None
     for p in task.preprocessors:
@@ -194,7 +190,7 @@ def plan(component: Component, shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[I
 
 
 def _parquet_shards(path: str, text_field: str, shard_bytes: int, size: int) -> list[InputShard]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # lazily: only Parquet sources need pyarrow
 
     with epath.Path(path).open("rb") as f:
         try:

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from rho_jax import checkpoint, evaluate
+from rho_jax import checkpoint, evaluate, losses
 from rho_jax.analysis import checkpoint_steps, load_checkpoint_params
 from rho_jax.data.corpora import eval_examples
 from rho_jax.data.inputs import heldout_sets, load_text_tokenizer
@@ -78,7 +78,7 @@ def evaluate_runs(dc, say=print) -> dict:
         m_cfg, params = checkpoint.load_weights(run_dir, run)
         res = {"key": key, "checkpoints": []}
         if run == "base":
-            res["heldout"] = {k: evaluate.heldout_loss(m_cfg, params, ex, dc.eval.batch_size)
+            res["heldout"] = {k: losses.heldout_loss(m_cfg, params, ex, dc.eval.batch_size)
                               for k, ex in heldout_sets(cfg_clm).items()}
             res["checkpoints"].append({"step": 0, "tokens_processed": 0, "solution_loss": solution_loss(m_cfg, params)})
         else:

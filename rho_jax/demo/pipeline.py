@@ -70,7 +70,7 @@ def _say(msg: str) -> None:
 def run(dc) -> dict:
     """Runs (or reuses) every stage into dc.workdir; returns the summary (also <workdir>/report/summary.json)."""
     t_start = time.perf_counter()
-    dc = config_lib.resolve_paths(dc)  # relative paths: against the directory the demo was started in
+    dc = paths.resolve_paths(dc)  # relative paths: against the directory the demo was started in
     for stage in STAGES[1:] if dc.base.checkpoint else STAGES:  # every stage's config, before any compute
         try:
             config_lib.validate(stage_config(dc, stage, reference_rows=dc.reference.batch_size), jax.device_count())

@@ -1,11 +1,15 @@
-"""Checkpoint and tokenizer interop: HF safetensors directories, GGUF files, SentencePiece and BPE."""
+"""Checkpoint and tokenizer interop: HF safetensors directories, GGUF files, SentencePiece and BPE.
+
+Each format's own library (safetensors, gguf, sentencepiece, tokenizers; seqio/TF for SeqIO vocabularies)
+is imported where that format is read or written, so loading one never requires the others."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from rho_jax.interop.hf import CheckpointError, save_hf
+from rho_jax.interop.gguf import load_gguf
+from rho_jax.interop.hf import CheckpointError, load_hf_dir, save_hf
 from rho_jax.interop.tokenizer import Tokenizer, as_seqio_vocabulary, load_tokenizer
 from rho_jax.model import ModelConfig, Params
 
@@ -20,11 +24,7 @@ def load_pretrained(path: str | os.PathLike) -> tuple[ModelConfig, Params]:
     """
     path = Path(path)
     if path.suffix == ".gguf":
-        from rho_jax.interop.gguf import load_gguf
-
         return load_gguf(path)
     if path.is_dir():
-        from rho_jax.interop.hf import load_hf_dir
-
         return load_hf_dir(path)
     raise CheckpointError(f"{path} is neither an HF checkpoint directory nor a .gguf file")
