@@ -280,7 +280,7 @@ def init_state(spec: StepSpec, tx, mesh: Mesh, rng: jax.Array, params=None, rule
     if params is None:
         params = jax.jit(lambda r: model.init_params(spec.model, r), out_shardings=st_sh.params)(init_rng)
     else:
-        params = place(params, st_sh.params)
+        params = sharding.place(params, st_sh.params)
     opt_state = jax.jit(tx.init, out_shardings=st_sh.opt_state)(params)
     ema = None
     if spec.ema:  # starts at the initial target: a separate buffer, since the state is donated

@@ -12,7 +12,7 @@ import jax
 from tqdm import tqdm
 
 from rho_jax import config as config_lib
-from rho_jax import loop, score_job
+from rho_jax import loop, paths, score_job
 from rho_jax.data import rows
 from rho_jax.data.inputs import input_for_training
 from rho_jax.data.vocab import demo_vocab_path
