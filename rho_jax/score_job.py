@@ -18,7 +18,7 @@ import jax
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from rho_jax import checkpoint, losses, score, sharding
+from rho_jax import checkpoint, flops, losses, score, sharding
 from rho_jax import config as config_lib
 from rho_jax.data import inputs, reader, rows as rows_lib, scores as scores_lib
 
@@ -123,6 +123,7 @@ def run(config, progress: bool = True) -> list[dict]:
               "seq_len": d.seq_len, "vocab_identity": vocab_id, "prepared": os.fspath(pdir),
               "prepared_manifest_sha256": rows_lib.manifest_sha256(pdir), "shards": shards,
               "rows": sum(s["rows"] for s in shards)}
+        sm["scoring_flops"] = flops.scoring_flops(ref_cfg, d.seq_len, sm["rows"] * d.seq_len)  # every row scored
         if p == 0:
             rows_lib.write_manifest(sdir, sm)
         manifests.append(sm)

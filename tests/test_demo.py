@@ -63,34 +63,55 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert "[demo] report:" in proc.stdout
 
     key = "eval_loss/champ_clean"
-    rows = {m: _rows(wd / m / "metrics.jsonl") for m in ("clm", "slm")}
+    runs = [(a, sd) for sd in demo.seeds(dc) for a in demo.arms(dc)]
+    assert demo.arms(dc) == ["clm", "slm", "random"] and len(demo.seeds(dc)) == 2
+    rows = {(a, sd): _rows(wd / a / f"seed{sd}" / "metrics.jsonl") for a, sd in runs}
     tokens = dc.cpt.steps * dc.cpt.batch_size * dc.data.seq_len
-    for m in ("clm", "slm"):
-        got = summary["runs"][m]
-        assert got["tokens_processed"] == rows[m][-1]["tokens_processed"] == tokens  # same tokens for both
-        assert got["tokens_selected"] == rows[m][-1]["tokens_selected"]
-        assert got["final_heldout_loss"] == _last_eval(rows[m], key)
-        assert got["final_eval_loss/gsm8k100"] == _last_eval(rows[m], "eval_loss/gsm8k100")
-        ev = json.loads((wd / "eval" / f"{m}.json").read_text())
+    for a, sd in runs:
+        got = summary["runs"][a][str(sd)]
+        assert got["tokens_processed"] == rows[(a, sd)][-1]["tokens_processed"] == tokens  # same tokens for all
+        assert got["tokens_selected"] == rows[(a, sd)][-1]["tokens_selected"]
+        assert got["final_heldout_loss"] == _last_eval(rows[(a, sd)], key)
+        assert got["final_eval_loss/gsm8k100"] == _last_eval(rows[(a, sd)], "eval_loss/gsm8k100")
+        ev = json.loads((wd / "eval" / f"{a}_seed{sd}.json").read_text())
         assert got["gsm8k100_accuracy"] == ev["few_shot"]["gsm8k100"]["accuracy"]
         assert ev["few_shot"]["gsm8k100"]["n"] == dc.eval.gsm8k_n
         assert [c["step"] for c in ev["checkpoints"]] == [3, 6]
-    assert summary["runs"]["slm"]["tokens_selected"] < summary["runs"]["clm"]["tokens_selected"]
-    # The table shows those numbers.
+    for sd in demo.seeds(dc):
+        # A seed's arms read the same rows in the same order (same valid-token counts per logged step); the
+        # seeds differ in their order.
+        valid = {a: [r["n_valid"] for r in rows[(a, sd)] if "n_valid" in r] for a in demo.arms(dc)}
+        assert valid["clm"] == valid["slm"] == valid["random"]
+        for a in ("slm", "random"):
+            assert summary["runs"][a][str(sd)]["tokens_selected"] < summary["runs"]["clm"][str(sd)]["tokens_selected"]
+    assert [r["loss"] for r in rows[("clm", 0)] if "loss" in r] != [r["loss"] for r in rows[("clm", 1)] if "loss" in r]
+    # Mean, std and the paired difference are the runs' own numbers.
+    finals = {a: [summary["runs"][a][str(sd)]["final_heldout_loss"] for sd in demo.seeds(dc)] for a in demo.arms(dc)}
+    assert summary["per_arm"]["slm"]["final_heldout_loss"]["mean"] == pytest.approx(sum(finals["slm"]) / 2)
+    assert summary["paired"]["random"]["final_heldout_loss"]["diffs"] == pytest.approx(
+        [x - y for x, y in zip(finals["random"], finals["clm"])])
+    # The tables show those numbers, the FLOPs of every stage and Y.
     text = (report / "report.md").read_text()
-    assert f"| processed tokens | {tokens:,} | {tokens:,} |" in text
-    assert f"{summary['runs']['slm']['final_heldout_loss']:.4f}" in text
+    assert f"| processed tokens | {tokens:,} | {tokens:,} | {tokens:,} |" in text
+    st = summary["per_arm"]["slm"]["final_heldout_loss"]
+    assert f"{st['mean']:.4f} ± {st['std']:.4f}" in text
+    for stage in ("| base |", "| reference training |", "| scoring (", "| SLM run (each seed) |", "Y = "):
+        assert stage in text, stage
+    assert "Where SLM does not win:" in text and "random" in text
+    assert summary["stage_flops"]["scoring"]["flops"] > 0
 
-    # Tokens for SLM to reach CLM's final loss: on the SLM curve (base point at 0 tokens first).
-    target = summary["runs"]["clm"]["final_heldout_loss"]
-    curve = [(0, summary["base"]["heldout_loss"])] + [(r["tokens_processed"], r[key]) for r in rows["slm"] if key in r]
-    reached = summary["slm_tokens_to_clm_final"]
-    if reached is None:
-        assert all(y > target for _, y in curve)
-    else:
-        i = next(i for i, (_, y) in enumerate(curve) if y <= target)
-        assert curve[max(i - 1, 0)][0] <= reached <= curve[i][0]
-        assert summary["slm_token_fraction"] == pytest.approx(reached / tokens)
+    # Tokens for SLM to reach CLM's final loss: on each seed's SLM curve (base point at 0 tokens first).
+    for sd in demo.seeds(dc):
+        target = summary["runs"]["clm"][str(sd)]["final_heldout_loss"]
+        curve = [(0, summary["base"]["heldout_loss"])] + [(r["tokens_processed"], r[key]) for r in rows[("slm", sd)]
+                                                           if key in r]
+        reached = summary["reach"]["slm"]["per_seed"][str(sd)]["tokens"]
+        if reached is None:
+            assert all(y > target for _, y in curve)
+        else:
+            i = next(i for i, (_, y) in enumerate(curve) if y <= target)
+            assert curve[max(i - 1, 0)][0] <= reached <= curve[i][0]
+            assert summary["reach"]["slm"]["per_seed"][str(sd)]["token_fraction"] == pytest.approx(reached / tokens)
 
     cats = json.loads((report / "categories.json").read_text())
     for name in ("heldout", "noisy"):
@@ -100,7 +121,7 @@ def test_demo_end_to_end_tiny(tmp_path):
 
     # Rerun (in-process, absolute workdir): every stage is reused (no new training rows), same numbers.
     again = demo.run(dc)
-    assert _rows(wd / "slm" / "metrics.jsonl") == rows["slm"]
+    assert _rows(wd / "slm" / "seed1" / "metrics.jsonl") == rows[("slm", 1)]
     assert again["runs"] == summary["runs"]
 
     # A finished stage with another config is refused, naming the field.
@@ -118,11 +139,42 @@ def test_tokens_to_reach_interpolates_between_eval_points():
     assert demo.tokens_to_reach(rows, "l", 2.0) is None
 
 
+def test_prepare_source_never_asks_for_fewer_shards_than_a_rerun_finds(tmp_path, monkeypatch):
+    """A first run doubled to 4 shards to hold its rows; a rerun must ask `prepare` for those 4 (it refuses
+    fewer), not start again at 2."""
+    from rho_jax.data import prepare, rows as rows_lib
+
+    out = tmp_path / "prepared"
+    out.mkdir()
+    asked = []
+
+    def fake_run(pc, source, split, out):
+        asked.append(pc.data.prepare_max_shards)
+        n = max(asked[-1], len(held))
+        manifest = {"format": rows_lib.FORMAT, "shards": [{"rows": 100} for _ in range(n)], "planned_shards": 8}
+        rows_lib.write_manifest(out, manifest)
+        return {"components": [("", manifest)]}
+
+    monkeypatch.setattr(prepare, "run", fake_run)
+    pc = config_lib.base_config()
+    held = []
+    assert demo.prepare_source(pc, "s", "train", out, 350) == 400 and asked == [2, 4]
+    held, asked[:] = [1] * 4, []
+    assert demo.prepare_source(pc, "s", "train", out, 150) == 400 and asked == [4]
+
+
 def test_bad_demo_config_is_refused_before_any_work(tmp_path):
     dc = _tiny(tmp_path / "demo")
     dc.cpt.ratio = 1.5
     with pytest.raises(config_lib.ConfigError, match=r"stage (clm|slm) .*config\.cpt.*ratio=1\.5"):
         demo.run(dc)
+    for field, value, match in (("arms", "clm,slm,rnd", "config.cpt.arms='clm,slm,rnd'"),
+                                ("arms", "clm,random", "clm and slm"), ("seeds", "0,x", "config.cpt"),
+                                ("seeds", "", "at least one seed")):
+        dc = _tiny(tmp_path / "demo")
+        dc.cpt[field] = value
+        with pytest.raises(config_lib.ConfigError, match=match):
+            demo.run(dc)
     assert not (tmp_path / "demo").exists()
 
 
@@ -134,12 +186,21 @@ def test_demo_configs_validate_every_stage():
                 continue
             c = demo.stage_config(dc, stage, reference_rows=100)
             config_lib.validate(c, 1)
-        clm, slm = demo.stage_config(dc, "clm"), demo.stage_config(dc, "slm")
-        # CLM and SLM differ in the objective's mode and the workdir only.
-        a, b = clm.to_dict(), slm.to_dict()
-        assert a["objective"].pop("mode") == "clm" and b["objective"].pop("mode") == "slm"
-        a.pop("workdir"), b.pop("workdir")
-        assert a == b
+        # The arms of a seed differ in the objective and the workdir only; seeds in the order and rng only.
+        for seed in demo.seeds(dc):
+            clm = demo.stage_config(dc, "clm", seed=seed).to_dict()
+            assert clm.pop("workdir").endswith(f"clm/seed{seed}")
+            assert (clm["seed"], clm["data"]["shuffle_seed"]) == (dc.seed + seed, dc.data.shuffle_seed + seed)
+            objective = clm.pop("objective")
+            for arm, fields in demo.ARMS.items():
+                other = demo.stage_config(dc, arm, seed=seed).to_dict()
+                assert other.pop("workdir").endswith(f"{arm}/seed{seed}")
+                assert {**objective, **fields} == other.pop("objective") and other == clm
+        first, second = (demo.stage_config(dc, "slm", seed=s).to_dict() for s in (0, 1))
+        for c in (first, second):
+            c.pop("workdir"), c.pop("seed"), c["data"].pop("shuffle_seed")
+        assert first == second
+        assert len(demo.seeds(dc)) >= 3 and {"clm", "slm", "random"} <= set(demo.arms(dc))
 
 
 @pytest.mark.slow  # parsing the GGUF's metadata and tokenizer takes ~10-20 s here

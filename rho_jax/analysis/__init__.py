@@ -13,11 +13,12 @@ from rho_jax.analysis.analyze import command
 from rho_jax.analysis.categories import (CATEGORIES, PAPER_SPLIT, categorize, category_split, checkpoint_categories,
                                          loss_delta)
 from rho_jax.analysis.page import selected_html, selection_page, token_text
-from rho_jax.analysis.plots import plot_categories, plot_heldout, plot_selected_fraction, plot_selected_vs_unselected
+from rho_jax.analysis.plots import (plot_categories, plot_heldout, plot_heldout_bands, plot_selected_fraction,
+                                    plot_selected_vs_unselected)
 from rho_jax.analysis.runs import checkpoint_steps, discover_runs, load_checkpoint_params, run_config
 from rho_jax.losses import token_losses
 
 __all__ = ["CATEGORIES", "PAPER_SPLIT", "categorize", "category_split", "checkpoint_categories", "checkpoint_steps",
            "command", "discover_runs", "load_checkpoint_params", "loss_delta", "plot_categories", "plot_heldout",
-           "plot_selected_fraction", "plot_selected_vs_unselected", "run_config", "selected_html", "selection_page",
-           "token_losses", "token_text"]
+           "plot_heldout_bands", "plot_selected_fraction", "plot_selected_vs_unselected", "run_config",
+           "selected_html", "selection_page", "token_losses", "token_text"]

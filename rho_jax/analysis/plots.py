@@ -58,6 +58,32 @@ def plot_heldout(runs: dict, path: str, key: str = "eval_loss") -> str:
     return _plot_lines(runs, key, path, "Held-out loss", f"{key} (nats/token)", ("tokens_processed", "step"))
 
 
+def plot_heldout_bands(groups: dict, path: str, key: str = "eval_loss") -> str:
+    """Held-out loss vs tokens processed: per group ({name: [metrics rows of each seed]}) the mean over its
+    seeds as a line and mean ± sample std as a band (the seeds share their eval points)."""
+    curves = {}
+    for name, seed_rows in groups.items():
+        series = [_series(rows, key, ("tokens_processed", "step")) for rows in seed_rows]
+        if not series or not series[0][0]:
+            continue
+        if any(s[0] != series[0][0] for s in series):
+            raise ValueError(f"{name}: the seeds' {key!r} points are at different x; a band needs the same points")
+        y_SxP = np.asarray([s[1] for s in series], dtype=np.float64)
+        std_P = y_SxP.std(axis=0, ddof=1) if len(series) > 1 else np.zeros(y_SxP.shape[1])
+        curves[name] = (series[0][0], y_SxP.mean(axis=0), std_P, len(series), series[0][2])
+    if not curves:
+        raise ValueError(f"no metrics row has {key!r}")
+
+    def draw(ax):
+        for name, (x, mean_P, std_P, n, _) in curves.items():
+            line, = ax.plot(x, mean_P, marker="o", markersize=3, label=f"{name} (mean of {n})")
+            ax.fill_between(x, mean_P - std_P, mean_P + std_P, color=line.get_color(), alpha=0.2, linewidth=0)
+
+    x_key = next(iter(curves.values()))[4]
+    return _figure(path, draw, "Held-out loss (band: ± std over seeds)", x_key.replace("_", " "),
+                   f"{key} (nats/token)")
+
+
 def plot_selected_fraction(rows, path: str) -> str:
     """Selected fraction of valid target tokens per logged step (rows, or {name: rows})."""
     return _plot_lines(_as_runs(rows), "selected_fraction", path, "Selected token fraction", "fraction", ("step",))

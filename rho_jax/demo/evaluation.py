@@ -1,4 +1,5 @@
-"""Stage 7 of the demo: the evaluation of base, CLM and SLM, cached in <workdir>/eval/<run>.json.
+"""Stage 7 of the demo: the evaluation of the base and every continual-pretraining run (arm x seed),
+cached in <workdir>/eval/<arm>_seed<seed>.json (the base: base.json).
 
 Per run: GSM8K-100 solution loss at every kept checkpoint (the base is the point at 0 tokens) and
 few-shot accuracy of the final model; the base also gets its held-out losses (the curves' start).
@@ -14,10 +15,9 @@ from rho_jax import checkpoint, evaluate, losses
 from rho_jax.analysis import checkpoint_steps, load_checkpoint_params
 from rho_jax.data.corpora import eval_examples
 from rho_jax.data.inputs import heldout_sets, load_text_tokenizer
-from rho_jax.demo.stages import base_path, stage_config
+from rho_jax.demo.stages import base_path, cpt_runs, run_name, stage_config
 from rho_jax.metrics import read_metrics
 
-RUNS = ("base", "clm", "slm")
 FEW_SHOT = (("gsm8k100", "gsm8k_n"), ("asdiv", "asdiv_n"))  # (task, the config.eval field of its size)
 
 
@@ -34,11 +34,25 @@ def _few_shot(dc, cfg, params, tokenizer) -> dict:
             for task, size in FEW_SHOT if e[size] > 0}
 
 
-def _eval_key(dc, run: str) -> dict:
+def runs(dc) -> list[tuple[str, int | None]]:
+    """(stage, seed) of every evaluated run: the base (seed None), then each arm x seed."""
+    return [("base", None)] + cpt_runs(dc)
+
+
+def _name(stage: str, seed: int | None) -> str:
+    return stage if seed is None else run_name(stage, seed)
+
+
+def _eval_key(dc, stage: str, seed: int | None) -> dict:
     """What an eval output depends on; a retrained run (another last metrics row) is re-evaluated."""
-    trained = stage_config(dc, run).workdir if run != "base" or not dc.base.checkpoint else None
-    return {"eval": dc.eval.to_dict(), "cpt": dc.cpt.to_dict(), "base": base_path(dc),
-            "trained": read_metrics(trained)[-1] if trained else None}
+    cfg = stage_config(dc, stage, seed=seed)
+    trained = cfg.workdir if stage != "base" or not dc.base.checkpoint else None
+    return {"eval": dc.eval.to_dict(), "run": json.loads(cfg.to_json()) if seed is not None else None,
+            "base": base_path(dc), "trained": read_metrics(trained)[-1] if trained else None}
+
+
+def _path(dc, stage: str, seed: int | None) -> Path:
+    return Path(dc.workdir) / "eval" / f"{_name(stage, seed).replace('/', '_')}.json"
 
 
 def _cached(path: Path, key: dict) -> dict | None:
@@ -50,12 +64,12 @@ def _cached(path: Path, key: dict) -> dict | None:
 
 
 def evaluated(dc) -> list[bool]:
-    """Whether each of base, clm, slm has an up-to-date eval output."""
-    return [_cached(Path(dc.workdir) / "eval" / f"{run}.json", _eval_key(dc, run)) is not None for run in RUNS]
+    """Whether each evaluated run (`runs`) has an up-to-date eval output."""
+    return [_cached(_path(dc, st, sd), _eval_key(dc, st, sd)) is not None for st, sd in runs(dc)]
 
 
 def evaluate_runs(dc, say=print) -> dict:
-    """{base, clm, slm: eval outputs} (cached in <workdir>/eval/<run>.json, keyed by the eval config);
+    """{"base" | run_name(arm, seed): eval output} (cached in <workdir>/eval/, keyed by the run's config);
     `say` gets a line per evaluated run. Losses in nats per token."""
     out_dir = Path(dc.workdir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,28 +82,29 @@ def evaluate_runs(dc, say=print) -> dict:
         return evaluate.solution_loss(m_cfg, params, tokenizer, sol_items, dc.eval.batch_size, seq)
 
     results = {}
-    for run in RUNS:
-        path, key = out_dir / f"{run}.json", _eval_key(dc, run)
+    for stage, seed in runs(dc):
+        run = _name(stage, seed)
+        path, key = _path(dc, stage, seed), _eval_key(dc, stage, seed)
         cached = _cached(path, key)
         if cached is not None:
             results[run] = cached
             continue
-        run_dir = base_path(dc) if run == "base" else os.path.join(stage_config(dc, run).workdir, "final")
-        m_cfg, params = checkpoint.load_weights(run_dir, run)
+        run_dir = base_path(dc) if seed is None else os.path.join(stage_config(dc, stage, seed=seed).workdir, "final")
+        m_cfg, params = checkpoint.load_weights(run_dir, stage)
         res = {"key": key, "checkpoints": []}
-        if run == "base":
+        if seed is None:
             res["heldout"] = {k: losses.heldout_loss(m_cfg, params, ex, dc.eval.batch_size)
                               for k, ex in heldout_sets(cfg_clm).items()}
             res["checkpoints"].append({"step": 0, "tokens_processed": 0, "solution_loss": solution_loss(m_cfg, params)})
         else:
-            run_dir = stage_config(dc, run).workdir
+            run_dir = stage_config(dc, stage, seed=seed).workdir
             rows = read_metrics(run_dir)
             for step in checkpoint_steps(run_dir):
                 p = load_checkpoint_params(run_dir, step, m_cfg)
                 res["checkpoints"].append({"step": step, "tokens_processed": tokens_at(rows, step, cfg_clm),
                                            "solution_loss": solution_loss(m_cfg, p)})
         res["few_shot"] = _few_shot(dc, m_cfg, params, tokenizer)
-        (out_dir / f"{run}_predictions.json").write_text(json.dumps(res["few_shot"], indent=1))
+        path.with_name(path.stem + "_predictions.json").write_text(json.dumps(res["few_shot"], indent=1))
         for v in res["few_shot"].values():
             v.pop("predictions")
         path.write_text(json.dumps(res, indent=1))

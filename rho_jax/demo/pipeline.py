@@ -18,9 +18,9 @@ from rho_jax.data.inputs import input_for_training
 from rho_jax.data.vocab import demo_vocab_path
 from rho_jax.demo.evaluation import evaluate_runs, evaluated
 from rho_jax.demo.report import write_report
-from rho_jax.demo.stages import (STAGES, common_config, prepare_jobs, prepare_source, prepared_path, stage_config,
-                                 stage_done)
-from rho_jax.demo.summary import table_text
+from rho_jax.demo.stages import (ARMS, arms, common_config, cpt_runs, prepare_jobs, prepare_source, prepared_path,
+                                 run_name, seeds, stage_config, stage_done)
+from rho_jax.demo.table import table_text
 
 
 class _Progress:
@@ -71,11 +71,17 @@ def run(dc) -> dict:
     """Runs (or reuses) every stage into dc.workdir; returns the summary (also <workdir>/report/summary.json)."""
     t_start = time.perf_counter()
     dc = paths.resolve_paths(dc)  # relative paths: against the directory the demo was started in
-    for stage in STAGES[1:] if dc.base.checkpoint else STAGES:  # every stage's config, before any compute
+    try:
+        stages = ([] if dc.base.checkpoint else ["base"]) + ["reference"] + arms(dc)
+        if not seeds(dc):
+            raise config_lib.ConfigError(f"config.cpt.seeds={dc.cpt.seeds!r}: name at least one seed, e.g. '0,1,2'")
+    except ValueError as e:  # ConfigError, or a seed that is not an integer
+        raise config_lib.ConfigError(f"demo config.cpt: {e}") from None
+    for stage in stages:  # every stage's config, before any compute
         try:
             config_lib.validate(stage_config(dc, stage, reference_rows=dc.reference.batch_size), jax.device_count())
         except config_lib.ConfigError as e:
-            group = {"clm": "cpt", "slm": "cpt"}.get(stage, stage)
+            group = "cpt" if stage in ARMS else stage
             raise config_lib.ConfigError(f"demo stage {stage} (from config.{group}, config.model, config.data): "
                                          f"{e}") from None
     os.makedirs(dc.workdir, exist_ok=True)
@@ -136,14 +142,17 @@ def run(dc) -> dict:
     _say("  scores: " + ", ".join(f"{m['rows']} rows in {len(m['shards'])} shards of {m['prepared']}"
                                   for m in manifests))
 
-    for mode in ("clm", "slm"):
-        cfg = stage_config(dc, mode)
+    todo = cpt_runs(dc)
+    for i, (arm, seed) in enumerate(todo):
+        cfg, name = stage_config(dc, arm, seed=seed), run_name(arm, seed)
         if stage_done(cfg):
-            _say(f"stage 6/8 {mode}: reusing {cfg.workdir}/final")
+            _say(f"stage 6/8 {name} ({i + 1}/{len(todo)}): reusing {cfg.workdir}/final")
             continue
-        _say(f"stage 6/8 {mode}: continual pretraining on {cfg.data.source}, {cfg.train.steps} steps"
-             + (f", ratio {cfg.objective.ratio}" if mode == "slm" else ""))
-        timed(mode, lambda: train_stage(cfg, mode))
+        o = cfg.objective
+        _say(f"stage 6/8 {name} ({i + 1}/{len(todo)}): continual pretraining on {cfg.data.source}, "
+             f"{cfg.train.steps} steps, shuffle_seed {cfg.data.shuffle_seed}"
+             + (f", ratio {o.ratio}, score {o.score}, scope {o.scope}" if o.mode == "slm" else ""))
+        timed(name, lambda: train_stage(cfg, name))
 
     _say("stage 7/8 eval")
     evals = timed("eval", lambda: evaluate_runs(dc, say=_say), keep=all(evaluated(dc)))

@@ -10,13 +10,14 @@ from pathlib import Path
 from rho_jax import analysis, checkpoint
 from rho_jax.data.inputs import heldout_rows, heldout_sets, load_text_tokenizer
 from rho_jax.demo.evaluation import tokens_at
-from rho_jax.demo.stages import base_path, stage_config
-from rho_jax.demo.summary import fmt, summarize, table_text
+from rho_jax.demo.stages import ARMS, base_path, run_name, seeds, stage_config
+from rho_jax.demo.summary import summarize
+from rho_jax.demo.table import LABELS, flops_rows, fmt, table_text
 from rho_jax.metrics import read_metrics
 
 
 def _categories(dc, m_cfg) -> dict:
-    """The paper's token categories over the CLM run's kept checkpoints (x = processed tokens), on the
+    """The paper's token categories over the (first seed's) CLM run's kept checkpoints (x = processed tokens), on the
     held-out clean-math tokens and on the first analysis.category_rows noisy-corpus rows. The base is
     left out: its step to the first checkpoint is the domain shift, not continual pretraining."""
     cfg = stage_config(dc, "clm")
@@ -49,16 +50,19 @@ def write_report(dc, evals: dict, timings: dict) -> dict:
     summary = summarize(dc, evals, timings)
     head = f"eval_loss/{summary['heldout_source']}"
     start = {"step": 0, "tokens_processed": 0, **{f"eval_loss/{k}": v for k, v in evals["base"]["heldout"].items()}}
-    runs = {m.upper(): [start] + read_metrics(stage_config(dc, m).workdir) for m in ("clm", "slm")}
-    plots = {"heldout_loss.png": lambda p: analysis.plot_heldout(runs, p, key=head)}
+    groups = {LABELS[a]: [[start] + read_metrics(stage_config(dc, a, seed=s).workdir) for s in seeds(dc)]
+              for a in summary["arms"]}
+    plots = {"heldout_loss.png": lambda p: analysis.plot_heldout_bands(groups, p, key=head)}
     for k in evals["base"]["heldout"]:
         if f"eval_loss/{k}" != head:
-            plots[f"heldout_loss_{k}.png"] = lambda p, k=k: analysis.plot_heldout(runs, p, key=f"eval_loss/{k}")
-    plots["solution_loss.png"] = lambda p: analysis.plot_heldout(
-        {m.upper(): evals["base"]["checkpoints"] + evals[m]["checkpoints"] for m in ("clm", "slm")}, p,
-        key="solution_loss")
-    plots["selected_fraction.png"] = lambda p: analysis.plot_selected_fraction(runs["SLM"][1:], p)
-    plots["selected_vs_unselected.png"] = lambda p: analysis.plot_selected_vs_unselected(runs["SLM"][1:], p)
+            plots[f"heldout_loss_{k}.png"] = lambda p, k=k: analysis.plot_heldout_bands(groups, p, key=f"eval_loss/{k}")
+    plots["solution_loss.png"] = lambda p: analysis.plot_heldout_bands(
+        {LABELS[a]: [evals["base"]["checkpoints"] + evals[run_name(a, s)]["checkpoints"] for s in seeds(dc)]
+         for a in summary["arms"]}, p, key="solution_loss")
+    slm = groups[LABELS["slm"]][0][1:] if "slm" in summary["arms"] else None
+    if slm:  # the first seed's SLM run
+        plots["selected_fraction.png"] = lambda p: analysis.plot_selected_fraction(slm, p)
+        plots["selected_vs_unselected.png"] = lambda p: analysis.plot_selected_vs_unselected(slm, p)
     for name, fn in plots.items():
         fn(str(out / name))
     m_cfg, base_params = checkpoint.load_weights(base_path(dc), "base")
@@ -80,33 +84,49 @@ def _markdown(dc, s: dict) -> str:
     extra = sorted(k for k in os.listdir(Path(dc.workdir) / "report") if k.startswith("heldout_loss_"))
     ticks = ", ".join(f"{x:,}" for x in next(iter(cats.values()))["checkpoint_tokens"])
     base = "pretrained here on " + dc.base.source if not dc.base.checkpoint else "given"
+    arms = ", ".join(f"{LABELS[a]} (`{a}`)" for a in s["arms"])
     lines = [
         "# Rho-1 demo: selective language modeling on real text", "",
         f"Base: `{base_path(dc)}` ({base}; held-out loss {fmt(s['base']['heldout_loss'])}). Reference: the base "
         f"continued on `{dc.reference.source}` for {dc.reference.epochs} epochs (held-out loss "
         f"{fmt(s['reference_heldout_loss'])}). Continual pretraining on `{cpt.source}` (general_rate "
         f"{dc.data.general_rate}): {cpt.steps} steps of {cpt.batch_size} x {dc.data.seq_len} tokens, lr {cpt.lr}, "
-        f"the same rows in the same order for both runs; SLM keeps the top {cpt.ratio:.0%} of each batch's tokens "
-        f"by `{cpt.score}` score, with reference scores from the offline cache.", "",
+        f"arms {arms}, each with seeds {', '.join(map(str, s['seeds']))}. A seed sets the data order and the run's "
+        f"rng (the random arm's selection); every arm of a seed reads the same rows in the same order, and base, "
+        f"reference and scores are shared by all. SLM keeps the top {cpt.ratio:.0%} of each batch's tokens by "
+        f"`{cpt.score}` score (reference scores from the offline cache)"
+        + ("; `random` keeps as many tokens, uniformly at random" if "random" in s["arms"] else "")
+        + (f"; `document` keeps the top {cpt.ratio:.0%} of each batch's documents, whole, by their tokens' mean "
+           f"score (so another share of tokens)" if "document" in s["arms"] else "")
+        + ". Arms not run: " + (", ".join(f"`{a}`" for a in ARMS if a not in s["arms"]) or "none") + ".", "",
         table_text(s), "",
-        "Every number comes from `clm/metrics.jsonl`, `slm/metrics.jsonl` and `eval/*.json`. Held-out losses: "
-        "nats per token over every held-out packed row. Few-shot: greedy, "
+        "X interpolates between held-out evaluations (the base is the point at 0 tokens); Y counts FLOPs at the first "
+        "evaluation at or below the target (`rho_jax.flops.compute_ratio`), so it does not credit SLM between "
+        "evaluations. Intervals: Student t over the seeds' paired differences (same seed = same rows and order).", "",
+        "## Compute (model FLOPs: 6 per parameter and token trained, 2 per token scored, plus attention)", "",
+        "| stage | FLOPs | tokens | x one CLM run |", "|---|---:|---:|---:|",
+        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in flops_rows(s)], "",
+        "Scoring counts every row the score job scored (whole prepared shards, at least the rows the runs read). "
+        "Evaluation is not counted.", "",
+        "Every number comes from `<arm>/seed<s>/metrics.jsonl`, `reference/metrics.jsonl`, the score manifests and "
+        "`eval/*.json`. Held-out losses: nats per token over the held-out packed rows"
+        + (f" (the first {dc.eval.max_rows})" if dc.eval.max_rows else "") + ". Few-shot: greedy, "
         f"{dc.eval.shots}-shot, the first n problems (ASDiv: numeric answers only).", "",
-        "## Held-out loss along training", "", "![held-out loss](heldout_loss.png)", "",
+        "## Held-out loss along training (mean over seeds, band ± std)", "", "![held-out loss](heldout_loss.png)", "",
         *[f"![{k}]({k})\n" for k in extra],
         "![GSM8K solution loss at the kept checkpoints](solution_loss.png)", "",
-        "## Token selection", "",
+        f"## Token selection (SLM, seed {s['seeds'][0]})", "",
         "![selected fraction](selected_fraction.png) ![selected vs unselected](selected_vs_unselected.png)", "",
         "[Noisy-corpus text with the selected tokens marked and coloured by excess loss](selected_tokens.html)", "",
         f"## Token categories (paper §2.1 rule, |ΔL| > {dc.analysis.threshold})", "",
-        f"Per-token losses at the CLM run's kept checkpoints (at {ticks} processed tokens), a least-squares line "
-        "per token, ΔL = fitted(last) - fitted(first).", "",
+        f"Per-token losses at the CLM run's (seed {s['seeds'][0]}) kept checkpoints (at {ticks} processed tokens), "
+        "a least-squares line per token, ΔL = fitted(last) - fitted(first).", "",
         "| category | " + " | ".join(f"{n} ({c['tokens']:,} tokens)" for n, c in cats.items()) + " | paper |",
         "|---|" + "---:|" * (len(cats) + 1),
         *[f"| {c} | " + " | ".join(f"{v['split'][c]:.1%}" for v in cats.values()) + f" | {s['paper_split'][c]:.0%} |"
           for c in analysis.CATEGORIES], "",
         " ".join(f"![categories {n}](categories_{n}.png)" for n in cats), "",
         f"## Stage wall times ({os.cpu_count()} CPU cores; a reused stage keeps the time of the run that made it)",
-        "", "| stage | seconds |", "|---|---:|", *[f"| {k} | {v:.0f} |" for k, v in s["timings_s"].items()], ""]
+        "", "| stage | seconds |", "|---|---:|", *[f"| {k} | {v:.0f} |" for k, v in s["timings_s"].items()],
+        f"| total of the stages above | {sum(s['timings_s'].values()):.0f} |", ""]
     return "\n".join(lines)
-

@@ -13,7 +13,14 @@ import ml_collections
 from rho_jax import config as config_lib
 from rho_jax.data import prepare, rows as rows_lib
 
-STAGES = ("base", "reference", "clm", "slm")
+# The continual-pretraining arms: objective fields over the CLM baseline (slm: config.cpt.score, ratio).
+ARMS = {
+    "clm": dict(mode="clm"),
+    "slm": dict(mode="slm"),
+    "random": dict(mode="slm", score="random"),  # the control: as many tokens, chosen at random
+    "document": dict(mode="slm", scope="document"),  # whole documents by their tokens' mean score
+}
+STAGES = ("base", "reference", *ARMS)
 
 
 class StageMismatch(config_lib.ConfigError):
@@ -31,6 +38,29 @@ def common_config(dc, stage: str) -> ml_collections.ConfigDict:
     c.objective.mode = "clm"
     c.checkpoint.update(every=100, keep=1)
     return c
+
+
+def seeds(dc) -> list[int]:
+    """config.cpt.seeds ("0,1,2"): the continual-pretraining seeds, each run by every arm."""
+    return [int(x) for x in str(dc.cpt.seeds).split(",") if x.strip()]
+
+
+def arms(dc) -> list[str]:
+    """config.cpt.arms ("clm,slm,random"), in ARMS order; CLM (the baseline) and SLM are always two."""
+    named = [x.strip() for x in dc.cpt.arms.split(",") if x.strip()]
+    if set(named) - set(ARMS) or not {"clm", "slm"} <= set(named):
+        raise config_lib.ConfigError(f"config.cpt.arms={dc.cpt.arms!r}: names from {list(ARMS)}, clm and slm "
+                                     f"among them")
+    return [a for a in ARMS if a in named]
+
+
+def cpt_runs(dc) -> list[tuple[str, int]]:
+    """(arm, seed) of every continual-pretraining run, seed-major (a finished seed has all its arms)."""
+    return [(arm, s) for s in seeds(dc) for arm in arms(dc)]
+
+
+def run_name(arm: str, seed: int) -> str:
+    return f"{arm}/seed{seed}"
 
 
 def base_path(dc) -> str:
@@ -59,8 +89,11 @@ def prepare_jobs(dc) -> list[tuple[str, str, str, int]]:
 def prepare_source(pc, source: str, split: str, out: str, rows: int) -> int:
     """Prepares `source` into `out`: every input shard (rows = 0), or the first shards of each component,
     doubling their number until they hold the `rows` rows a run reads (shared by the rates, as the reader
-    does). Returns the rows prepared. Finished shards are never redone."""
-    shards = 2 if rows else 0
+    does). Returns the rows prepared. Finished shards are never redone; a preparation is never asked
+    for fewer shards than it holds (`prepare` refuses that), so a rerun starts from what is there."""
+    held = [len(rows_lib.read_manifest(d)["shards"]) for _, d, _ in rows_lib.components(out)
+            if (d / rows_lib.MANIFEST).exists()]
+    shards = max([2, *held]) if rows else 0
     while True:
         pc.data.prepare_max_shards = shards
         res = prepare.run(pc, source=source, split=split, out=out)
@@ -79,12 +112,17 @@ def _heldout(dc, names: list[str]) -> dict:
                 batch_size=dc.eval.batch_size, max_rows=dc.eval.max_rows)
 
 
-def stage_config(dc, stage: str, reference_rows: int | None = None) -> ml_collections.ConfigDict:
-    """The `rho_jax.config` ConfigDict of one stage (base | reference | clm | slm; slm also drives scoring).
+def stage_config(dc, stage: str, reference_rows: int | None = None, seed: int | None = None
+                 ) -> ml_collections.ConfigDict:
+    """The `rho_jax.config` ConfigDict of one stage (base | reference | an arm of ARMS; slm also drives
+    scoring), in <workdir>/<stage> or, for an arm, <workdir>/<arm>/seed<seed>.
 
     reference_rows: packed rows of the clean-math train split (sets the reference's steps from epochs).
+    seed: an arm's seed (default: the first of config.cpt.seeds); it offsets the run's seed (model rng:
+    the random arm's selection) and data.shuffle_seed (the order of the same rows), so every arm of a
+    seed sees the same rows in the same order.
     """
-    c = common_config(dc, stage)
+    c = common_config(dc, stage if stage not in ARMS else run_name(stage, seeds(dc)[0] if seed is None else seed))
     if stage == "base":
         b = dc.base
         c.train.update(steps=b.steps, batch_size=b.batch_size, lr=b.lr, warmup_steps=b.warmup_steps)
@@ -97,15 +135,18 @@ def stage_config(dc, stage: str, reference_rows: int | None = None) -> ml_collec
         c.train.update(steps=steps, batch_size=r.batch_size, lr=r.lr, warmup_steps=r.warmup_steps)
         c.data.update(source=r.source, prepared=prepared_path(dc, r.source))
         c.eval.update(every=steps, **_heldout(dc, dc.eval.sources.split(",")[:1]))  # its held-out loss, at the end
-    elif stage in ("clm", "slm"):
+    elif stage in ARMS:
         p = dc.cpt
+        offset = seeds(dc)[0] if seed is None else seed
+        c.seed, c.data.shuffle_seed = dc.seed + offset, dc.data.shuffle_seed + offset
         c.init.update(target=base_path(dc), reference=os.path.join(dc.workdir, "reference", "final"))
         c.train.update(steps=p.steps, batch_size=p.batch_size, lr=p.lr, warmup_steps=p.warmup_steps,
                        log_every=min(10, p.eval_every))
         c.data.update(source=p.source, prepared=prepared_path(dc, p.source), max_rows=p.steps * p.batch_size,
                       score_cache=os.path.join(dc.workdir, "scores"))
-        # Identical but for the mode: same rows, order, steps and evaluation.
-        c.objective.update(mode=stage, ratio=p.ratio, score=p.score, reference="cached")
+        # Identical but for the objective: same rows, order, steps and evaluation.
+        c.objective.update(ratio=p.ratio, score=p.score, reference="cached")
+        c.objective.update(ARMS[stage])
         c.eval.update(every=p.eval_every, **_heldout(dc, [x.strip() for x in dc.eval.sources.split(",")
                                                             if x.strip()]))
         c.checkpoint.update(every=p.checkpoint_every, keep=10_000)  # all kept: categories, solution loss

@@ -1,10 +1,17 @@
-"""The demo's summary: every reported number from the runs' metrics.jsonl and the eval outputs, and the
-CLM vs SLM table (terminal and markdown)."""
+"""The demo's summary: every reported number from the runs' metrics.jsonl, the eval outputs and the score
+manifests: per run (arm x seed), per arm over seeds (mean ± std), each arm against CLM paired by seed
+(difference with a 95% interval), tokens (X) and FLOPs (Y) to reach CLM's final held-out loss."""
 
 from __future__ import annotations
 
-from rho_jax.demo.stages import stage_config
+from rho_jax.demo import compute
+from rho_jax.demo.stages import arms, run_name, seeds, stage_config
+from rho_jax.demo.stats import mean_std, paired_interval
 from rho_jax.metrics import read_metrics
+
+# Per-run numbers compared arm against CLM (paired by seed); lower is better unless named in HIGHER_BETTER.
+PAIRED_KEYS = ("final_heldout_loss", "final_solution_loss")
+HIGHER_BETTER = ("gsm8k100_accuracy", "asdiv_accuracy")
 
 
 def tokens_to_reach(rows: list[dict], key: str, target: float):
@@ -20,70 +27,62 @@ def tokens_to_reach(rows: list[dict], key: str, target: float):
     return None
 
 
+def run_numbers(rows: list[dict], ev: dict, key: str, wall_s) -> dict:
+    """The numbers of one run from its metrics rows and its eval output."""
+    last = rows[-1]
+    evals_rows = [r for r in rows if key in r]
+    fs = ev["few_shot"]
+    return {"steps": last["step"], "tokens_processed": last["tokens_processed"],
+            "tokens_selected": last["tokens_selected"], "final_heldout_loss": evals_rows[-1][key],
+            **{f"final_{k}": v for k, v in evals_rows[-1].items() if k.startswith("eval_loss/") and k != key},
+            "final_solution_loss": ev["checkpoints"][-1]["solution_loss"],
+            **{f"{t}_accuracy": v["accuracy"] for t, v in fs.items()}, "flops": compute.run_flops(rows),
+            "wall_s": wall_s}
+
+
 def summarize(dc, evals: dict, timings: dict) -> dict:
-    """Every number from the runs' metrics.jsonl and the eval outputs (losses in nats per token, wall
-    times in seconds)."""
+    """Every number (losses in nats per token, wall times in seconds, FLOPs as model FLOPs).
+
+    evals: {"base" | run_name(arm, seed): eval output} (rho_jax.demo.evaluation)."""
     head = dc.eval.sources.split(",")[0].strip()
     key = f"eval_loss/{head}"
-    runs = {}
-    for run in ("clm", "slm"):
-        rows = read_metrics(stage_config(dc, run).workdir)
-        last = rows[-1]
-        evals_rows = [r for r in rows if key in r]
-        fs = evals[run]["few_shot"]
-        runs[run] = {"steps": last["step"], "tokens_processed": last["tokens_processed"],
-                     "tokens_selected": last["tokens_selected"], "final_heldout_loss": evals_rows[-1][key],
-                     **{f"final_{k}": v for k, v in evals_rows[-1].items() if k.startswith("eval_loss/") and k != key},
-                     "final_solution_loss": evals[run]["checkpoints"][-1]["solution_loss"],
-                     **{f"{t}_accuracy": v["accuracy"] for t, v in fs.items()},
-                     **{f"{t}_n": v["n"] for t, v in fs.items()}, "wall_s": timings.get(run)}
-    slm_rows = read_metrics(stage_config(dc, "slm").workdir)
-    target = runs["clm"]["final_heldout_loss"]
-    reached = tokens_to_reach([{"tokens_processed": 0, key: evals["base"]["heldout"][head]}] + slm_rows, key, target)
+    seed_list, arm_list = seeds(dc), arms(dc)
+    base_point = {"tokens_processed": 0, key: evals["base"]["heldout"][head]}
+    shared = compute.stage_flops(dc)
+    metrics = {(a, s): read_metrics(stage_config(dc, a, seed=s).workdir) for a in arm_list for s in seed_list}
+    runs = {a: {} for a in arm_list}
+    for (a, s), rows in metrics.items():
+        runs[a][str(s)] = run_numbers(rows, evals[run_name(a, s)], key, timings.get(run_name(a, s)))
+    numeric = [k for k, v in runs["clm"][str(seed_list[0])].items() if isinstance(v, (int, float))]
+    per_arm = {a: {k: mean_std([runs[a][str(s)].get(k) for s in seed_list]) for k in numeric} for a in arm_list}
+
+    paired, reach = {}, {}
+    compare = [k for k in numeric if k in PAIRED_KEYS or k.startswith("final_eval_loss/") or k in HIGHER_BETTER]
+    for a in arm_list:
+        if a == "clm":
+            continue
+        paired[a] = {k: paired_interval([runs[a][str(s)].get(k) for s in seed_list],
+                                        [runs["clm"][str(s)].get(k) for s in seed_list]) for k in compare}
+        per_seed = {}
+        for s in seed_list:
+            clm_rows, clm = metrics[("clm", s)], runs["clm"][str(s)]
+            tokens = tokens_to_reach([base_point] + metrics[(a, s)], key, clm["final_heldout_loss"])
+            per_seed[str(s)] = {"tokens": tokens,
+                                "token_fraction": None if tokens is None else tokens / clm["tokens_processed"],
+                                "compute": compute.ratio(dc, a, metrics[(a, s)], clm_rows, shared, key)}
+        reach[a] = {"per_seed": per_seed, "reached": sum(v["tokens"] is not None for v in per_seed.values()),
+                    "token_fraction": mean_std([v["token_fraction"] for v in per_seed.values()]),
+                    "y": mean_std([v["compute"]["y"] for v in per_seed.values()]),
+                    "uses_reference": compute.uses_reference(dc, a)}
+
     ref_rows = read_metrics(stage_config(dc, "reference").workdir)
     return {
-        "heldout_source": head, "runs": runs,
+        "heldout_source": head, "seeds": seed_list, "arms": arm_list, "runs": runs, "per_arm": per_arm,
+        "paired": paired, "reach": reach, "stage_flops": shared,
+        "few_shot_n": {t: v["n"] for t, v in evals["base"]["few_shot"].items()},
         "base": {"heldout_loss": evals["base"]["heldout"][head], "heldout": evals["base"]["heldout"],
                  "solution_loss": evals["base"]["checkpoints"][0]["solution_loss"],
                  **{f"{t}_accuracy": v["accuracy"] for t, v in evals["base"]["few_shot"].items()}},
         "reference_heldout_loss": next((r[key] for r in reversed(ref_rows) if key in r), None),
-        "slm_tokens_to_clm_final": reached,
-        "slm_token_fraction": None if reached is None else reached / runs["clm"]["tokens_processed"],
-        "target_fraction": 0.6, "timings_s": dict(timings), "config": dc.to_dict(),
+        "timings_s": dict(timings), "config": dc.to_dict(),
     }
-
-
-def fmt(v, spec=".4f") -> str:
-    """A table cell: ints with thousands separators, floats by `spec`, None as "not reached"."""
-    if v is None:
-        return "not reached"
-    return f"{v:,}" if isinstance(v, int) else format(v, spec)
-
-
-def table_rows(summary: dict) -> list[tuple[str, str, str]]:
-    c, s = summary["runs"]["clm"], summary["runs"]["slm"]
-    rows = [("processed tokens", fmt(c["tokens_processed"]), fmt(s["tokens_processed"])),
-            ("selected tokens", fmt(c["tokens_selected"]), fmt(s["tokens_selected"])),
-            (f"final held-out loss ({summary['heldout_source']})", fmt(c["final_heldout_loss"]),
-             fmt(s["final_heldout_loss"]))]
-    rows += [(f"final held-out loss ({k.split('/')[-1]})", fmt(c[k]), fmt(s[k]))
-             for k in c if k.startswith("final_eval_loss/")]
-    rows.append(("GSM8K-100 solution loss", fmt(c["final_solution_loss"]), fmt(s["final_solution_loss"])))
-    for t in ("gsm8k100", "asdiv"):
-        if f"{t}_accuracy" in c:
-            rows.append((f"{t} few-shot accuracy (n={c[f'{t}_n']})", fmt(c[f"{t}_accuracy"], ".3f"),
-                         fmt(s[f"{t}_accuracy"], ".3f")))
-    rows.append(("wall time (s)", fmt(c["wall_s"], ".0f"), fmt(s["wall_s"], ".0f")))
-    return rows
-
-
-def table_text(summary: dict) -> str:
-    """The terminal / markdown table, and the headline line under it."""
-    lines = ["| | CLM | SLM |", "|---|---:|---:|"] + [f"| {a} | {b} | {c} |" for a, b, c in table_rows(summary)]
-    reached, frac = summary["slm_tokens_to_clm_final"], summary["slm_token_fraction"]
-    lines.append("")
-    lines.append(f"SLM processed tokens to reach CLM's final held-out loss: {fmt(reached, ',.0f')}"
-                 + (f" ({frac:.2f}x CLM's {summary['runs']['clm']['tokens_processed']:,}; target <= "
-                    f"{summary['target_fraction']}x)" if frac is not None else ""))
-    return "\n".join(lines)
-

@@ -1,0 +1,58 @@
+"""The demo's compute accounting: model FLOPs of every stage (base, reference training, scoring, each
+continual-pretraining run) from the runs' cumulative metrics counters and the score manifests, and Y:
+an arm's FLOPs to reach CLM's final held-out loss, its one-off costs included, over CLM's (rho_jax.flops)."""
+
+from __future__ import annotations
+
+from rho_jax import flops, objective
+from rho_jax.data import rows as rows_lib, scores as scores_lib
+from rho_jax.demo.stages import stage_config
+from rho_jax.metrics import read_metrics
+
+
+def run_flops(rows: list[dict]) -> float:
+    """A run's in-step FLOPs: the cumulative counters of its last metrics row."""
+    return flops.total_flops(rows[-1]) if rows else 0.0
+
+
+def scoring(dc) -> dict:
+    """{rows, tokens, flops} of the offline scoring job: every row it scored (whole prepared shards, so
+    at least the rows the runs read), from its score manifests."""
+    cfg = stage_config(dc, "slm")
+    manifests = [rows_lib.read_manifest(sdir, scores_lib.FORMAT)
+                 for _, _, sdir, _ in scores_lib.component_dirs(cfg.data.prepared, cfg.data.score_cache)]
+    n = sum(m["rows"] for m in manifests)
+    return {"rows": n, "tokens": n * cfg.data.seq_len, "flops": sum(m["scoring_flops"] for m in manifests)}
+
+
+def stage_flops(dc) -> dict:
+    """{base, reference, scoring: {flops, tokens}}: the stages every selecting arm shares (base None when
+    given as a checkpoint)."""
+    out = {}
+    for stage in ("base", "reference"):
+        if stage == "base" and dc.base.checkpoint:
+            out[stage] = None
+            continue
+        rows = read_metrics(stage_config(dc, stage).workdir)
+        out[stage] = {"flops": run_flops(rows), "tokens": rows[-1]["tokens_processed"]}
+    s = scoring(dc)
+    out["scoring"] = {"flops": s["flops"], "tokens": s["tokens"], "rows": s["rows"]}
+    return out
+
+
+def uses_reference(dc, arm: str) -> bool:
+    """Whether the arm's selection reads the reference's scores (then it pays reference training and scoring)."""
+    o = stage_config(dc, arm).objective
+    return o.mode == "slm" and objective.needs_ref(o.score)
+
+
+def ratio(dc, arm: str, arm_rows: list[dict], clm_rows: list[dict], shared: dict, key: str) -> dict:
+    """flops.compute_ratio of one seed's arm run against the same seed's CLM run, with the reference's
+    training and the scoring job when the arm reads reference scores; a dict with its X and Y."""
+    ref = uses_reference(dc, arm)
+    r = flops.compute_ratio(arm_rows, clm_rows,
+                            reference_rows=read_metrics(stage_config(dc, "reference").workdir) if ref else (),
+                            scoring=shared["scoring"]["flops"] if ref else 0.0, loss_key=key)
+    return {"reached": r.reached, "step": r.slm_step, "tokens": r.slm_tokens, "token_ratio": r.token_ratio,
+            "flops": r.slm_flops, "clm_flops": r.clm_flops, "reference_training_flops": r.reference_training_flops,
+            "scoring_flops": r.scoring_flops, "y": r.y}
