@@ -94,6 +94,20 @@ def test_bench(home):
     assert not (home / "BENCHMARKS.md").exists()
 
 
+@pytest.mark.slow
+def test_bench_peer_side_by_side(home):
+    """`rho-jax bench --peer`: rho-jax and the eager PyTorch peer alternate, one row each per mode, and every
+    rho-jax row carries its ratio to the peer (tiny.py's shape, one timed step)."""
+    one_device = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = ok(rho_jax("bench", "--peer", "--config=tiny.py", "--config.mesh.data=1", "--iters=1", "--warmup=0",
+                      "--nopeer_compile", "--modes=clm,slm_online,score", cwd=home, env=one_device))
+    for mode in ("clm", "slm_online", "score"):
+        ours = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"| {mode} | rho-jax |")]
+        assert len(ours) == 1 and ours[0].rstrip().endswith("** |"), proc.stdout  # the ratio to the peer
+        assert f"| {mode} | torch eager |" in proc.stdout, proc.stdout
+    assert not (home / "BENCHMARKS.md").exists()
+
+
 def test_help_lists_exactly_the_accepted_flags(tmp_path):
     proc = ok(rho_jax("eval", "--help", cwd=tmp_path))
     assert "--checkpoint" in proc.stdout and "--config" not in proc.stdout
