@@ -126,8 +126,11 @@ ERRORS = {  # (command line, a fragment of the one error line)
                          "config.objective.mode='xyz'"),
     "train missing config": (["train", "--config=missing.py"], "missing.py"),
     "train no config": (["train"], "--config is required"),
-    "train missing model": (["train", "--config=tiny.py", "--config.init.target=nope", "--config.workdir=wd"],
+    "train missing model": (["train", "--config=tiny.py", "--config.objective.mode=clm", "--config.init.target=nope",
+                             "--config.workdir=wd"],
                             "config.init.target"),
+    "train slm no reference": (["train", "--config=tiny.py", "--config.workdir=wd"],  # tiny.py: cached SLM
+                               "config.init.reference"),
     "train missing prepared": (["train", "--config=tiny.py", "--config.objective.mode=clm", "--config.workdir=wd",
                                 "--config.data.prepared=nope"], "nope"),
     "score demo config": (["score", "--config=" + str(REPO / "configs" / "demo.py")], "unknown config key config."),
