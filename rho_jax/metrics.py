@@ -15,7 +15,6 @@ from typing import Any
 import jax
 import numpy as np
 from etils import epath
-from tensorboardX import SummaryWriter
 
 
 @dataclasses.dataclass
@@ -55,6 +54,9 @@ class MetricsWriter:
         if self.enabled:
             if "://" not in workdir:
                 os.makedirs(workdir, exist_ok=True)
+            # tensorboardX imports torch whenever torch is installed: only where events are written
+            from tensorboardX import SummaryWriter
+
             self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def write(self, step: int, row: dict) -> dict:

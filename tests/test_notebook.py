@@ -42,6 +42,6 @@ def test_notebook_runs_tiny(tmp_path, monkeypatch):
     report = workdir / "report"
     assert len(pngs) == len(list(report.glob("*.png"))) >= 3
     markdown = "".join(o.data.get("text/markdown", "") for o in shown)
-    assert "| | CLM | SLM |" in markdown and "processed tokens" in markdown
+    assert "| CLM | SLM | random |" in markdown and "processed tokens" in markdown
     html = "".join(o.data.get("text/html", "") for o in shown)
     assert "<iframe srcdoc=" in html and "class=&quot;sel&quot;" in html  # the selected-token page, escaped
