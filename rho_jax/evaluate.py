@@ -20,6 +20,7 @@ import numpy as np
 
 from rho_jax import losses
 from rho_jax.answers import is_numeric_answer, score_completions
+from rho_jax.batch import INPUT_KEYS
 from rho_jax.checkpoint import load_weights  # `checkpoint` names command()'s argument
 from rho_jax.config import ConfigError, base_config
 from rho_jax.data.corpora import eval_examples
@@ -122,7 +123,7 @@ def solution_loss(cfg, params, tokenizer, items: list[dict], batch_size: int = 8
     examples = solution_examples(tokenizer, items, min(seq_len, cfg.max_positions))
     if not len(examples["tokens"]):
         raise ValueError("no item has a solution; the solution loss needs items with a 'solution' text")
-    total, count = losses.summed_ce(cfg, params, examples, batch_size, ce_chunk, losses.ROW_KEYS + ("loss_mask",))
+    total, count = losses.summed_ce(cfg, params, examples, batch_size, ce_chunk, INPUT_KEYS + ("loss_mask",))
     return total / count
 
 

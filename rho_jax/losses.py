@@ -20,7 +20,6 @@ from rho_jax import objective
 from rho_jax.batch import INPUT_KEYS
 from rho_jax.score import token_ce
 
-ROW_KEYS = INPUT_KEYS
 
 
 def pad_rows(rows: dict, batch_size: int) -> dict:
@@ -72,7 +71,7 @@ def token_losses(cfg, params_list, examples: dict, batch_size: int = 8, ce_chunk
 
     Returns f32 [K, N, L], aligned to the prediction position t (target tokens[t+1]); NaN where invalid.
     """
-    ints = {k: np.asarray(examples[k], np.int32) for k in ROW_KEYS}
+    ints = {k: np.asarray(examples[k], np.int32) for k in INPUT_KEYS}
     n, fn = len(ints["tokens"]), _token_ce_fn(cfg, ce_chunk)
     out_KxNxL = np.empty((len(params_list), n) + ints["tokens"].shape[1:], np.float32)
     for k, params in enumerate(params_list):
@@ -84,7 +83,7 @@ def token_losses(cfg, params_list, examples: dict, batch_size: int = 8, ce_chunk
     return out_KxNxL
 
 
-def summed_ce(cfg, params, examples: dict, batch_size: int, ce_chunk: int = 0, keys=ROW_KEYS) -> tuple[float, int]:
+def summed_ce(cfg, params, examples: dict, batch_size: int, ce_chunk: int = 0, keys=INPUT_KEYS) -> tuple[float, int]:
     """(sum of CE in nats, number of targets) over every valid target of examples, restricted to
     examples["loss_mask"] (bool [N, L], at prediction positions) when `keys` includes it."""
     fn = _summed_ce_fn(cfg, ce_chunk)
@@ -100,7 +99,7 @@ def heldout_loss(cfg, params, examples: dict, batch_size: int = 8, ce_chunk: int
 
     Exact over the whole set: sums CE and counts across batches (the last batch is padded with
     empty rows, which have no valid targets)."""
-    ints = {k: np.asarray(examples[k], np.int32) for k in ROW_KEYS}
+    ints = {k: np.asarray(examples[k], np.int32) for k in INPUT_KEYS}
     total, count = summed_ce(cfg, params, ints, batch_size, ce_chunk)
     if count == 0:
         raise ValueError("held-out examples have no valid target tokens")

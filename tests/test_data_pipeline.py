@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from rho_jax.batch import INPUT_KEYS
 from rho_jax import objective
 from rho_jax.data import pipeline
 
@@ -12,7 +13,7 @@ EOS = 1
 def _pack_all(docs, seq_len, eos, mode="pack"):
     stats = pipeline.PackStats()
     rows = list(pipeline.pack(docs, seq_len, eos, mode, stats))
-    return {k: np.stack([r[k] for r in rows]) for k in pipeline.INT_KEYS}, stats
+    return {k: np.stack([r[k] for r in rows]) for k in INPUT_KEYS}, stats
 
 
 def _docs(n=40, max_len=30, seed=0):

@@ -7,6 +7,7 @@ import pytest
 
 seqio = pytest.importorskip("seqio")
 
+from rho_jax.batch import INPUT_KEYS  # noqa: E402
 from rho_jax import objective  # noqa: E402
 from rho_jax.data import corpora, pipeline, tasks, vocab  # noqa: E402
 
@@ -49,7 +50,7 @@ def test_task_tokens_pack_into_valid_batches(spm_path, tmp_path):
     assert [v.decode(s.tolist()) for s in streams] == TEXTS[:3]
     stats = pipeline.PackStats()
     rows = list(pipeline.pack(streams, 12, v.eos_id, stats=stats))
-    examples = {k: np.stack([r[k] for r in rows]) for k in pipeline.INT_KEYS}
+    examples = {k: np.stack([r[k] for r in rows]) for k in INPUT_KEYS}
     assert stats.split_documents > 0
     docs = pipeline.split_documents(pipeline.unpack(examples), v.eos_id)
     assert [v.decode(d) for d in docs] == TEXTS[:3]

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from rho_jax.batch import INPUT_KEYS
 from rho_jax import losses
 from rho_jax.model import ModelConfig, param_shapes
 
@@ -55,5 +56,5 @@ def test_summed_ce_counts_no_padding_and_matches_token_losses(tiny):
     total, count = losses.summed_ce(cfg, params, ex, batch_size=2)
     assert count == 5 * 3  # 3 targets a row; the 3 padding rows of the last batch add none
     assert total == pytest.approx(float(np.nansum(ce_NxL)), rel=1e-5)
-    total, count = losses.summed_ce(cfg, params, ex, batch_size=2, keys=losses.ROW_KEYS + ("loss_mask",))
+    total, count = losses.summed_ce(cfg, params, ex, batch_size=2, keys=INPUT_KEYS + ("loss_mask",))
     assert count == 5 and total == pytest.approx(float(ce_NxL[:, 0].sum()), rel=1e-5)

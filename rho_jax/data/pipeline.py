@@ -16,7 +16,6 @@ import numpy as np
 
 from rho_jax.batch import INPUT_KEYS
 
-INT_KEYS = INPUT_KEYS
 
 
 @dataclasses.dataclass
@@ -34,7 +33,7 @@ class PackStats:
 
 
 def _row(seq_len: int) -> dict:
-    return {k: np.zeros(seq_len, np.int32) for k in INT_KEYS}
+    return {k: np.zeros(seq_len, np.int32) for k in INPUT_KEYS}
 
 
 def pack(docs: Iterable[np.ndarray], seq_len: int, eos_id: int, mode: str = "pack",

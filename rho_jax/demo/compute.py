@@ -46,12 +46,12 @@ def uses_reference(dc, arm: str) -> bool:
     return o.mode == "slm" and objective.needs_ref(o.score)
 
 
-def ratio(dc, arm: str, arm_rows: list[dict], clm_rows: list[dict], shared: dict, key: str) -> dict:
+def ratio(dc, arm: str, arm_rows: list[dict], clm_rows: list[dict], shared: dict, key: str,
+          reference_rows: list[dict]) -> dict:
     """flops.compute_ratio of one seed's arm run against the same seed's CLM run, with the reference's
-    training and the scoring job when the arm reads reference scores; a dict with its X and Y."""
+    training (its metrics rows) and the scoring job when the arm reads reference scores; its X and Y."""
     ref = uses_reference(dc, arm)
-    r = flops.compute_ratio(arm_rows, clm_rows,
-                            reference_rows=read_metrics(stage_config(dc, "reference").workdir) if ref else (),
+    r = flops.compute_ratio(arm_rows, clm_rows, reference_rows=reference_rows if ref else (),
                             scoring=shared["scoring"]["flops"] if ref else 0.0, loss_key=key)
     return {"reached": r.reached, "step": r.slm_step, "tokens": r.slm_tokens, "token_ratio": r.token_ratio,
             "flops": r.slm_flops, "clm_flops": r.clm_flops, "reference_training_flops": r.reference_training_flops,

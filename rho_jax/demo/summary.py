@@ -49,6 +49,7 @@ def summarize(dc, evals: dict, timings: dict) -> dict:
     seed_list, arm_list = seeds(dc), arms(dc)
     base_point = {"tokens_processed": 0, key: evals["base"]["heldout"][head]}
     shared = compute.stage_flops(dc)
+    ref_rows = read_metrics(stage_config(dc, "reference").workdir)  # read once: Y and the reference's loss
     metrics = {(a, s): read_metrics(stage_config(dc, a, seed=s).workdir) for a in arm_list for s in seed_list}
     runs = {a: {} for a in arm_list}
     for (a, s), rows in metrics.items():
@@ -69,13 +70,12 @@ def summarize(dc, evals: dict, timings: dict) -> dict:
             tokens = tokens_to_reach([base_point] + metrics[(a, s)], key, clm["final_heldout_loss"])
             per_seed[str(s)] = {"tokens": tokens,
                                 "token_fraction": None if tokens is None else tokens / clm["tokens_processed"],
-                                "compute": compute.ratio(dc, a, metrics[(a, s)], clm_rows, shared, key)}
+                                "compute": compute.ratio(dc, a, metrics[(a, s)], clm_rows, shared, key, ref_rows)}
         reach[a] = {"per_seed": per_seed, "reached": sum(v["tokens"] is not None for v in per_seed.values()),
                     "token_fraction": mean_std([v["token_fraction"] for v in per_seed.values()]),
                     "y": mean_std([v["compute"]["y"] for v in per_seed.values()]),
                     "uses_reference": compute.uses_reference(dc, a)}
 
-    ref_rows = read_metrics(stage_config(dc, "reference").workdir)
     return {
         "heldout_source": head, "seeds": seed_list, "arms": arm_list, "runs": runs, "per_arm": per_arm,
         "paired": paired, "reach": reach, "stage_flops": shared,
