@@ -21,7 +21,7 @@ Full sequence (gs:// paths throughout; README "Data at scale" has the Dataflow o
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
   v5litepod-64 (64 chips x 197 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 80.00B tokens x
-  9.20 GFLOP/token executed (model 6.76: train 6.76; remat recompute (full) 2.44) = 7.36e+20 FLOPs -> 40.5 h.
+  8.60 GFLOP/token executed (model 6.76: train 6.76; remat recompute (full) 1.84) = 6.88e+20 FLOPs -> 37.9 h.
   Offline scoring (reference forward): 2.25 GFLOP/token = 1.8e+20 FLOPs -> 9.9 h.
 
 Exact global selection, per chip (compiled step's memory analysis on 64 simulated devices, CPU compiler's

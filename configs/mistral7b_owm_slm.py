@@ -13,10 +13,10 @@ Full sequence: as in configs/tinyllama_owm_slm.py (prepare on Dataflow, score on
 --config=configs/mistral7b_owm_slm.py.
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 15.00B tokens x
-  62.25 GFLOP/token executed (model 45.88: train 45.88; remat recompute (full) 16.37) = 9.34e+20 FLOPs -> 22.1
-  h. Offline scoring (reference forward): 15.29 GFLOP/token = 2.29e+20 FLOPs -> 5.4 h. Whole pipeline:
-  reference training 7.08e+19 (v5p-128) + scoring 2.29e+20 + SLM 9.34e+20 = 1.23e+21 FLOPs -> 29.2 h.
+  v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 15.00B tokens x 57.96
+  GFLOP/token executed (model 45.88: train 45.88; remat recompute (full) 12.07) = 8.69e+20 FLOPs -> 20.6 h.
+  Offline scoring (reference forward): 15.29 GFLOP/token = 2.29e+20 FLOPs -> 5.4 h. Whole pipeline: reference
+  training 7.08e+19 (v5p-128) + scoring 2.29e+20 + SLM 8.69e+20 = 1.17e+21 FLOPs -> 27.6 h.
 
 Exact global selection, per chip (compiled step's memory analysis on 64 simulated devices, CPU compiler's
 buffer assignment; `python scripts/selection_memory.py --config=configs/mistral7b_owm_slm.py`, 2026-11-30):

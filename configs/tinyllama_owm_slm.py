@@ -23,10 +23,10 @@ Full sequence (gs:// paths throughout; README "Data at scale" has the Dataflow o
        tpu/run.sh --run-name slm --detach -- rho-jax train --config=configs/tinyllama_owm_slm.py
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v4-32 (16 chips x 275 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 15.00B tokens x 9.20
-  GFLOP/token executed (model 6.76: train 6.76; remat recompute (full) 2.44) = 1.38e+20 FLOPs -> 21.8 h.
-  Offline scoring (reference forward): 2.25 GFLOP/token = 3.38e+19 FLOPs -> 5.3 h. Whole pipeline: reference
-  training 1.06e+19 (v4-32) + scoring 3.38e+19 + SLM 1.38e+20 = 1.82e+20 FLOPs -> 28.8 h.
+  v4-32 (16 chips x 275 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 15.00B tokens x 8.60
+  GFLOP/token executed (model 6.76: train 6.76; remat recompute (full) 1.84) = 1.29e+20 FLOPs -> 20.4 h. Offline
+  scoring (reference forward): 2.25 GFLOP/token = 3.38e+19 FLOPs -> 5.3 h. Whole pipeline: reference training
+  1.06e+19 (v4-32) + scoring 3.38e+19 + SLM 1.29e+20 = 1.73e+20 FLOPs -> 27.4 h.
 
 Exact global selection, per chip (compiled step's memory analysis on 16 simulated devices, CPU compiler's
 buffer assignment; `python scripts/selection_memory.py`, 2026-11-30; executed GFLOP/token from rho_jax.estimate):

@@ -1,4 +1,4 @@
-"""`rho-jax <command> [flags]`: prepare | train | score | eval | analyze | convert | bench | demo.
+"""`rho-jax <command> [flags]`: prepare | train | score | eval | analyze | convert | bench | compile | demo.
 
 One parser for every command: absl flags, with `--config=FILE` and `--config.a.b=v` overrides from
 `ml_collections.config_flags` where a command takes a config. Each command gets a fresh flag set, so
@@ -32,6 +32,8 @@ COMMANDS = {
     "analyze": "token categories, selected-token HTML and plots of a training or demo workdir",
     "convert": "HF dir / GGUF -> Orbax model dir, or Orbax model dir -> HF dir",
     "bench": "step time, tokens/s, MFU and peak memory of CLM, SLM and scoring (--peer: beside a PyTorch peer)",
+    "compile": "every program of a run compiled by XLA's TPU compiler for a slice, on any host: memory, FLOPs, "
+               "collectives",
     "demo": "the end-to-end Rho-1 demo (tokenizer, base, reference, scoring, CLM vs SLM, eval, report)",
 }
 
@@ -48,7 +50,7 @@ def _define_flags(cmd: str):
     fv = flags.FlagValues()
     flags.DEFINE_bool("debug", False, "show Python tracebacks instead of one-line errors (or RHO_JAX_DEBUG=1)",
                       flag_values=fv)
-    if cmd in ("prepare", "train", "score", "bench", "demo"):
+    if cmd in ("prepare", "train", "score", "bench", "compile", "demo"):
         config_flags.DEFINE_config_file("config", None, _CONFIG_HELP[cmd], flag_values=fv, lock_config=True)
     if cmd == "eval":
         flags.DEFINE_string("checkpoint", None, "Orbax model dir, training workdir (its final/), HF dir or .gguf",
@@ -91,6 +93,11 @@ def _define_flags(cmd: str):
         flags.DEFINE_bool("peer_compile", True, "with --peer: also time a torch.compile peer", flag_values=fv)
         flags.DEFINE_string("variants", "", "with --peer: extra rho-jax runners, e.g. 'unrolled:scan_layers=false' "
                             "(model field overrides, ';' between runners)", flag_values=fv)
+    if cmd == "compile":
+        flags.DEFINE_string("topology", "", "TPU slice (v4-32, v5litepod-64, v5p-128, v6e-64, ...) or libtpu topology "
+                            "(v5e:2x2, v4:2x2x4, ...); default: the config file's SLICE", flag_values=fv)
+        flags.DEFINE_string("hlo_dir", "", "also write each program's optimized HLO here", flag_values=fv)
+        flags.DEFINE_string("json", "", "also write the results as JSON to this file", flag_values=fv)
     return fv
 
 
@@ -99,6 +106,7 @@ _CONFIG_HELP = {
     "train": "a ConfigDict file, e.g. configs/tiny.py (required)",
     "score": "the training config whose rows are scored, e.g. configs/demo.py's slm stage (required)",
     "bench": "a ConfigDict file (default configs/bench_tiny.py)",
+    "compile": "the run's ConfigDict file, e.g. configs/tinyllama_owm_slm.py (required)",
     "demo": "the demo ConfigDict (default configs/demo.py)",
 }
 _DEFAULT_CONFIG = {"bench": CONFIGS / "bench_tiny.py", "demo": CONFIGS / "demo.py"}
@@ -109,7 +117,7 @@ def usage() -> str:
     lines = ["usage: rho-jax <command> [flags]   (rho-jax <command> --help lists a command's flags)", "",
              "commands:"]
     lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
-    lines += ["", "Config-driven commands (prepare, train, score, bench, demo) take --config=FILE and --config.a.b=v overrides.",
+    lines += ["", "Config-driven commands (prepare, train, score, bench, compile, demo) take --config=FILE and --config.a.b=v overrides.",
               "Relative paths are relative to the directory the command is started in. --debug shows tracebacks."]
     return "\n".join(lines)
 
@@ -261,6 +269,33 @@ def cmd_bench(fv, _):
             out.write("\n" + text)
 
 
+def cmd_compile(fv, _):
+    from rho_jax import aot
+
+    topology = fv.topology or _config_slice(fv)
+    results = aot.compile_config(_resolved_config(fv), topology, paths.resolve_path(fv.hlo_dir))
+    print(aot.HEADER)
+    for r in results:
+        print(aot.row(r), flush=True)
+    if fv.json:
+        Path(paths.resolve_path(fv.json)).write_text(aot.to_json(results))
+    aot.check_fit(results)
+
+
+def _config_slice(fv) -> str:
+    """The SLICE a config file names (the real-scale configs do); a usage error without it."""
+    import importlib.util
+
+    path = fv["config"].config_filename.split(":")[0]
+    spec = importlib.util.spec_from_file_location("rho_jax_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not getattr(module, "SLICE", ""):
+        raise UsageError(f"rho-jax compile: {path} names no SLICE; pass --topology=NAME (e.g. v5litepod-4, v4-32, "
+                         f"v5e:2x2)")
+    return module.SLICE
+
+
 def cmd_demo(fv, _):
     from rho_jax import demo
 
@@ -268,7 +303,7 @@ def cmd_demo(fv, _):
 
 
 HANDLERS = {"prepare": cmd_prepare, "train": cmd_train, "score": cmd_score, "eval": cmd_eval, "analyze": cmd_analyze,
-            "convert": cmd_convert, "bench": cmd_bench, "demo": cmd_demo}
+            "convert": cmd_convert, "bench": cmd_bench, "compile": cmd_compile, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:

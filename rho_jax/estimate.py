@@ -9,11 +9,13 @@ Per processed token, inside one train step (the usual model-FLOPs count, as in `
 With reference='cached' the reference forward runs once, offline, in the scoring job instead
 (`score_*` fields). An SLM plan with its reference run adds the reference's training: the whole
 pipeline is reference training + scoring + SLM (`Pipeline`). Per-stage rules:
-`rho_jax.flops.step_flops_per_token`. The hardware also recomputes under remat:
-  recompute  full remat: the layers' forward, 2·(N - N_head) + 2·L·s·d;
+`rho_jax.flops.step_flops_per_token`. The hardware also recomputes under remat
+(`rho_jax.flops.recompute_flops_per_token`, checked against the compiled programs by `rho-jax compile`):
+  recompute  full remat: the layers' forward but each layer's MLP down-projection (its output is not
+             needed by the backward), 2·(N - N_head) - 2·L·d·f + 2·L·s·d;
              dots_with_no_batch_dims_saveable: the attention dots, 2·L·s·d; dots_saveable / none: 0;
              plus the chunked CE's head matmul, 2·d·V, when ce_chunk > 0 (its chunk body is remat),
-             plus the attention dots again when model.attention_chunk > 0 (query blocks are remat)
+             plus the attention scores again, L·s·d, when model.attention_chunk > 0 (query blocks are remat)
 `hardware_flops_per_token` is what a step really executes. Time = executed FLOPs / (chips · peak · u),
 u an assumed utilisation stated with the numbers (so trading a selection pass for remat shows its real cost).
 """
@@ -36,21 +38,34 @@ class Slice:
     hosts: int  # TPU VM workers = JAX processes
     peak_key: str  # key of rho_jax.flops.PEAK_FLOPS
     hbm_bytes: int  # HBM per chip
+    topology: str  # libtpu's topology name (`rho-jax compile` compiles for it): generation:chip grid
 
     @property
     def peak_flops(self) -> float:
         return flops.PEAK_FLOPS[self.peak_key]
 
+    @property
+    def chip_config(self) -> str:
+        """libtpu's chip config: v4 and v5p chips are megacore (one JAX device per chip, two cores)."""
+        return "megacore" if self.topology.split(":")[0] in ("v4", "v5p") else "default"
+
 
 GIB = 2**30
 # Accelerator-type names as `gcloud compute tpus` spells them (v4/v5p: the suffix counts TensorCores).
+# The small single-host slices serve CI's compile checks and ad-hoc runs.
 SLICES = {
-    "v4-8": Slice(4, 1, "tpu v4", 32 * GIB),
-    "v4-32": Slice(16, 4, "tpu v4", 32 * GIB),
-    "v4-128": Slice(64, 16, "tpu v4", 32 * GIB),
-    "v5litepod-64": Slice(64, 16, "tpu v5 lite", 16 * GIB),
-    "v5p-128": Slice(64, 16, "tpu v5p", 95 * GIB),
-    "v6e-64": Slice(64, 16, "tpu v6e", 32 * GIB),
+    "v4-8": Slice(4, 1, "tpu v4", 32 * GIB, "v4:2x2x1"),
+    "v4-32": Slice(16, 4, "tpu v4", 32 * GIB, "v4:2x2x4"),
+    "v4-128": Slice(64, 16, "tpu v4", 32 * GIB, "v4:4x4x4"),
+    "v5litepod-4": Slice(4, 1, "tpu v5 lite", 16 * GIB, "v5e:2x2"),
+    "v5litepod-16": Slice(16, 4, "tpu v5 lite", 16 * GIB, "v5e:4x4"),
+    "v5litepod-64": Slice(64, 16, "tpu v5 lite", 16 * GIB, "v5e:8x8"),
+    "v5p-8": Slice(4, 1, "tpu v5p", 95 * GIB, "v5p:2x2x1"),
+    "v5p-32": Slice(16, 4, "tpu v5p", 95 * GIB, "v5p:2x2x4"),
+    "v5p-128": Slice(64, 16, "tpu v5p", 95 * GIB, "v5p:4x4x4"),
+    "v6e-4": Slice(4, 1, "tpu v6e", 32 * GIB, "v6e:2x2"),
+    "v6e-16": Slice(16, 4, "tpu v6e", 32 * GIB, "v6e:4x4"),
+    "v6e-64": Slice(64, 16, "tpu v6e", 32 * GIB, "v6e:8x8"),
 }
 
 
@@ -113,19 +128,7 @@ def estimate(config, slice_name: str, mfu: float = ASSUMED_MFU) -> RunEstimate:
         train_flops_per_token=stage["train_flops"], selection_flops_per_token=stage["selection_flops"],
         reference_flops_per_token=stage["reference_flops"], ema_flops_per_token=stage["ema_reference_flops"],
         score_flops_per_token=flops.reference_flops_per_token(cfg, seq) if spec.cached else 0.0,
-        recompute_flops_per_token=recompute_flops_per_token(cfg, seq, int(config.objective.ce_chunk)))
-
-
-def recompute_flops_per_token(cfg, seq_len: int, ce_chunk: int = 0) -> float:
-    """FLOPs per token that remat re-executes in the backward pass (hardware work beyond model FLOPs)."""
-    attn = flops.attention_flops_per_token(cfg, seq_len, 1)
-    head = 2.0 * cfg.d_model * cfg.vocab_size
-    layers = {"none": 0.0, "dots_saveable": 0.0, "dots_with_no_batch_dims_saveable": attn,
-              "full": 2.0 * flops.matmul_params(cfg) - head + attn}
-    if cfg.remat not in layers:
-        raise KeyError(f"no recompute count for remat={cfg.remat!r}; add it to rho_jax.estimate")
-    chunked = attn if cfg.attention_chunk and cfg.attention == "xla" else 0.0  # its blocks are remat too
-    return layers[cfg.remat] + chunked + (head if ce_chunk else 0.0)
+        recompute_flops_per_token=flops.recompute_flops_per_token(cfg, seq, int(config.objective.ce_chunk)))
 
 
 @dataclasses.dataclass(frozen=True)

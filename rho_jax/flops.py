@@ -45,32 +45,73 @@ def matmul_params(cfg) -> int:
     return cfg.n_layers * per_layer + d * cfg.vocab_size
 
 
-def attention_flops_per_token(cfg, seq_len: int, passes: int) -> float:
-    # QK^T and AV: 2·s·d multiply-adds each per token and layer -> 4·s·d FLOPs, halved when causal.
-    return passes * cfg.n_layers * seq_len * cfg.n_heads * cfg.hd * 2.0
+def attention_flops_per_token(cfg, seq_len: int, passes: int, dense: bool = False) -> float:
+    # QK^T and AV: 2·s·d multiply-adds each per token and layer -> 4·s·d FLOPs. The model count halves it
+    # (causal); a dense kernel (XLA's einsum attention masks the upper half, it does not skip it) executes all.
+    return passes * cfg.n_layers * seq_len * cfg.n_heads * cfg.hd * (4.0 if dense else 2.0)
 
 
-def train_flops_per_token(cfg, seq_len: int) -> float:
-    return 6.0 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len, 3)
+def dense_attention(cfg) -> bool:
+    """Whether the model's attention executes every query-key pair: 'xla' (plain or query-chunked) masks
+    the causal half; cuDNN's fused kernel skips it."""
+    return cfg.attention == "xla"
 
 
-def reference_flops_per_token(cfg, seq_len: int) -> float:
-    return 2.0 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len, 1)
+def train_flops_per_token(cfg, seq_len: int, dense: bool = False) -> float:
+    return 6.0 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len, 3, dense)
+
+
+def reference_flops_per_token(cfg, seq_len: int, dense: bool = False) -> float:
+    return 2.0 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len, 1, dense)
+
+
+def recompute_flops_per_token(cfg, seq_len: int, ce_chunk: int = 0, dense: bool = False) -> float:
+    """FLOPs per token that remat re-executes in the backward pass (hardware work beyond model FLOPs).
+
+    A recomputed forward skips every product whose result its backward does not read (JAX prunes it):
+      full remat                  the layers' forward but each layer's last matmul (the MLP
+                                  down-projection, whose output only feeds the residual sum):
+                                  2·(N - N_head) - 2·L·d·f + attention (2·L·s·d)
+      dots_with_no_batch_dims_saveable  the attention dots, 2·L·s·d;  dots_saveable / none: 0
+      ce_chunk > 0                the chunked CE's head matmul, 2·d·V (its chunk body is remat)
+      model.attention_chunk > 0   the scores QK^T of each query block again, L·s·d (the block is remat;
+                                  its backward needs the probabilities, not the block's output)
+    `rho-jax compile` checks this count against the traced program of every real config."""
+    attn = attention_flops_per_token(cfg, seq_len, 1, dense)
+    head = 2.0 * cfg.d_model * cfg.vocab_size
+    down = 2.0 * cfg.n_layers * cfg.d_model * cfg.d_ff
+    layers = {"none": 0.0, "dots_saveable": 0.0, "dots_with_no_batch_dims_saveable": attn,
+              "full": 2.0 * matmul_params(cfg) - head - down + attn}
+    if cfg.remat not in layers:
+        raise KeyError(f"no recompute count for remat={cfg.remat!r}; add it to rho_jax.flops")
+    scores = attn / 2 if cfg.attention_chunk and cfg.attention == "xla" else 0.0
+    return layers[cfg.remat] + scores + (head if ce_chunk else 0.0)
 
 
 STAGES = ("train_flops", "selection_flops", "reference_flops", "ema_reference_flops")
 
 
-def step_flops_per_token(spec, seq_len: int) -> dict[str, float]:
-    """FLOPs per processed token of each in-step stage (keys: `STAGES`) for a `train.StepSpec`."""
+def step_flops_per_token(spec, seq_len: int, dense: bool = False) -> dict[str, float]:
+    """FLOPs per processed token of each in-step stage (keys: `STAGES`) for a `train.StepSpec`; `dense`
+    counts attention as a dense kernel executes it (see `attention_flops_per_token`)."""
     t = spec.model
-    forward = reference_flops_per_token(t, seq_len)
+    forward = reference_flops_per_token(t, seq_len, dense)
     return {
-        "train_flops": train_flops_per_token(t, seq_len),
+        "train_flops": train_flops_per_token(t, seq_len, dense),
         "selection_flops": forward if spec.slm and spec.grad_accum > 1 and spec.scope != "micro_batch" else 0.0,
-        "reference_flops": reference_flops_per_token(spec.ref_model, seq_len) if spec.online else 0.0,
+        "reference_flops": reference_flops_per_token(spec.ref_model, seq_len, dense) if spec.online else 0.0,
         "ema_reference_flops": forward if spec.ema else 0.0,
     }
+
+
+def executed_step_flops_per_token(spec, seq_len: int) -> float:
+    """FLOPs per processed token that the jitted train step executes (what `rho-jax compile` checks against
+    the compiled program): its stages but the online reference's forward (a program of its own, run
+    before the step) plus remat recompute, with attention as the model's kernel runs it (`dense_attention`)."""
+    dense = dense_attention(spec.model)
+    stage = step_flops_per_token(spec, seq_len, dense)
+    return (total_flops(stage) - stage["reference_flops"]
+            + recompute_flops_per_token(spec.model, seq_len, spec.ce_chunk, dense))
 
 
 def scoring_flops(ref_cfg, seq_len: int, n_tokens: int) -> float:

@@ -126,9 +126,7 @@ class Trainer:
 
     def abstract_state(self) -> train.TrainState:
         """The TrainState as ShapeDtypeStructs with this mesh's shardings (traced, nothing allocated)."""
-        shapes = jax.eval_shape(lambda rng: train.init_state(self.spec, self.tx, self.mesh, rng, None, self.rules),
-                                jax.eval_shape(jax.random.PRNGKey, self.config.seed))
-        return ckpt.abstract_like(shapes, self.step_fn.state_shardings)
+        return train.abstract_state(self.spec, self.tx, self.step_fn.state_shardings)
 
     def global_batch(self, local_batch: dict) -> dict:
         """Host-local numpy rows -> global jax.Arrays on the mesh (multi-host aware)."""

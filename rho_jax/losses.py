@@ -57,7 +57,9 @@ def _token_ce_fn(cfg, ce_chunk: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _summed_ce_fn(cfg, ce_chunk: int):
+def summed_ce_fn(cfg, ce_chunk: int):
+    """The held-out evaluation's program: jitted `(params, batch) -> (sum of CE in nats, count)` over the valid
+    (and, with batch["loss_mask"], masked) targets of one batch."""
     def fn(params, batch):
         ce_BxL, valid_BxL = _target_ce(cfg, params, batch, ce_chunk)
         weight_BxL = valid_BxL & batch["loss_mask"] if "loss_mask" in batch else valid_BxL
@@ -86,7 +88,7 @@ def token_losses(cfg, params_list, examples: dict, batch_size: int = 8, ce_chunk
 def summed_ce(cfg, params, examples: dict, batch_size: int, ce_chunk: int = 0, keys=INPUT_KEYS) -> tuple[float, int]:
     """(sum of CE in nats, number of targets) over every valid target of examples, restricted to
     examples["loss_mask"] (bool [N, L], at prediction positions) when `keys` includes it."""
-    fn = _summed_ce_fn(cfg, ce_chunk)
+    fn = summed_ce_fn(cfg, ce_chunk)
     total, count = 0.0, 0
     for batch, _ in iter_padded_batches(examples, batch_size, keys):  # padding rows have no targets
         s, c = jax.device_get(fn(params, batch))

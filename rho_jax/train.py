@@ -273,6 +273,15 @@ def compile_train_step(spec: StepSpec, tx, mesh: Mesh, rules=sharding.DEFAULT_RU
     return run
 
 
+def abstract_state(spec: StepSpec, tx, state_shardings: TrainState) -> TrainState:
+    """The TrainState as ShapeDtypeStructs carrying `state_shardings` (nothing traced or allocated): the
+    restore target of a checkpoint, and the state argument of an ahead-of-time compile."""
+    p_shape = model.param_shapes(spec.model)
+    shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=p_shape, opt_state=jax.eval_shape(tx.init, p_shape),
+                        rng=jax.eval_shape(jax.random.PRNGKey, 0), ema_params=p_shape if spec.ema else None)
+    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, state_shardings)
+
+
 def init_state(spec: StepSpec, tx, mesh: Mesh, rng: jax.Array, params=None, rules=sharding.DEFAULT_RULES) -> TrainState:
     """A TrainState laid out on `mesh`: random params from `rng`, or the given (host) params resharded."""
     st_sh, _ = state_shardings(spec, tx, mesh, rules)

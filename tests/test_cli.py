@@ -112,7 +112,7 @@ def test_help_lists_exactly_the_accepted_flags(tmp_path):
     proc = ok(rho_jax("eval", "--help", cwd=tmp_path))
     assert "--checkpoint" in proc.stdout and "--config" not in proc.stdout
     proc = ok(rho_jax("--help", cwd=tmp_path))
-    for cmd in ("prepare", "train", "score", "eval", "analyze", "convert", "bench", "demo"):
+    for cmd in ("prepare", "train", "score", "eval", "analyze", "convert", "bench", "compile", "demo"):
         assert f"  {cmd} " in proc.stdout
 
 
@@ -147,6 +147,9 @@ ERRORS = {  # (command line, a fragment of the one error line)
     "convert bad format": (["convert", "a", "b", "--to=onnx"], "to"),
     "bench unknown key": (["bench", "--config.foo=1"], "foo"),
     "bench bad mode": (["bench", "--modes=fast"], "fast"),
+    "compile no slice": (["compile", "--config=tiny.py"], "names no SLICE; pass --topology"),
+    "compile unknown topology": (["compile", "--config=tiny.py", "--topology=v9:2x2"], "unknown TPU topology 'v9:2x2'"),
+    "compile bad mesh": (["compile", "--config=tiny.py", "--topology=v5litepod-4", "--config.mesh.fsdp=3"], "mesh"),
     "demo unknown key": (["demo", "--config.foo=1"], "foo"),
     "demo bad value": (["demo", "--config.cpt.ratio=1.5", "--config.workdir=wd"], "ratio=1.5"),
     "unknown flag": (["analyze", "--workdir=.", "--bogus=1"], "bogus"),
@@ -195,5 +198,6 @@ def test_quiet_start(trained):
                            "--config.objective.mode=clm", "--config.train.steps=1"],
                           cwd=trained, capture_output=True, text=True, env=env, timeout=600)
     ok(proc)
-    for noise in ("Unable to initialize backend", "cuInit", "cuda", "oneDNN", "absl::InitializeLog", "xla_bridge"):
+    for noise in ("Unable to initialize backend", "cuInit", "cuda", "oneDNN", "absl::InitializeLog", "xla_bridge",
+                  "TPU_WORKER_HOSTNAMES", "TPU accelerator type", "libtpu"):  # libtpu: the `tpu` extra, in the lock
         assert noise not in proc.stderr, proc.stderr[:2000]
