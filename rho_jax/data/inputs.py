@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 
+from rho_jax import storage
 from rho_jax.checkpoint import load_weights
 from rho_jax.config import ConfigError
 from rho_jax.data import reader, scores, vocab as vocab_lib
@@ -32,7 +33,8 @@ def load_vocabulary(path: str):
 
 
 def tokenizer_path(path: str) -> Path:
-    return Path(path) if path else vocab_lib.demo_vocab_path()
+    """The local tokenizer file of config.data.vocab: itself, a local copy of a gs:// file, or the demo's."""
+    return Path(storage.local_copy(path)) if path else vocab_lib.demo_vocab_path()
 
 
 def vocabulary_identity(path: str) -> str:
