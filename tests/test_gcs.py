@@ -131,7 +131,8 @@ def one_line_error(proc, *needles):
 def flow(gcs, tmp_path_factory):
     """Everything in gs://: the JSONL input and the tokenizer uploaded, `prepare` into gs://bucket/prepared, a CLM
     reference trained in gs://bucket/ref, `score` into gs://bucket/scores, cached SLM trained 2 steps in
-    gs://bucket/run and resumed to 3, then `eval` of that workdir (its final/) with --out in gs://."""
+    gs://bucket/run and resumed to 3, then `eval` of that workdir (its final/) with --out in gs://, and `convert`
+    of it to a local HF directory."""
     from rho_jax.data import corpora, vocab
 
     home = tmp_path_factory.mktemp("gcs_user")
@@ -157,6 +158,7 @@ def flow(gcs, tmp_path_factory):
     out.eval = ok(rho_jax(gcs, home, "eval", f"--checkpoint=gs://{BUCKET}/run", f"--vocab={v}", "--tasks=gsm8k100",
                           "--limit=1", "--shots=1", "--max_new_tokens=2", "--batch_size=1",
                           f"--out=gs://{BUCKET}/eval.json"))
+    out.convert = ok(rho_jax(gcs, home, "convert", f"gs://{BUCKET}/run", "hf", "--to=hf"))
     return out
 
 
@@ -201,10 +203,11 @@ def test_train_checkpoints_metrics_and_resume_in_gcs(gcs, flow):
 
 
 @pytest.mark.slow
-def test_eval_reads_the_model_from_gcs_and_writes_its_results_there(gcs, flow):
+def test_eval_and_convert_read_the_model_from_gcs(gcs, flow):
     full = json.loads(gcs.bucket.get("eval.json"))
     assert full["checkpoint"] == "gs://bucket/run" and full["vocab"] == flow.vocab
     assert full["tasks"]["gsm8k100"]["n"] == 1 and len(full["tasks"]["gsm8k100"]["predictions"]) == 1
+    assert json.loads((flow.home / "hf" / "config.json").read_text())["num_hidden_layers"] == 2  # convert of final/
 
 
 @pytest.mark.slow
