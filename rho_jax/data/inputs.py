@@ -29,7 +29,7 @@ def load_vocabulary(path: str):
     (SentencePiece .model, tokenizer.json, or a .gguf with an embedded vocabulary)."""
     if not path:
         return vocab_lib.seqio_vocabulary(vocab_lib.demo_vocab_path())
-    return as_seqio_vocabulary(load_tokenizer(path))
+    return as_seqio_vocabulary(load_tokenizer(tokenizer_path(path)))
 
 
 def tokenizer_path(path: str) -> Path:
