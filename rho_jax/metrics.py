@@ -1,8 +1,8 @@
 """Metrics: one JSON object per line in <workdir>/metrics.jsonl and TensorBoard event files.
 
-Only process 0 writes. A gs:// object cannot be appended to: there the file is rewritten whole at each
-write (as tensorboardX does with its event files on GCS); its rows are small and written every log step. Cumulative counters (tokens, FLOPs) live in `Counters`, which is saved
-with the checkpoint so a resumed run continues the same curves.
+Only process 0 writes. Cumulative counters (tokens, FLOPs) live in `Counters`, which is saved with the
+checkpoint so a resumed run continues the same curves. A gs:// object cannot be appended to: there
+metrics.jsonl is rewritten whole at each write (as tensorboardX does with its event files on GCS).
 """
 
 from __future__ import annotations

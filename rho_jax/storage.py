@@ -14,6 +14,7 @@ local files only (tokenizers) get a local copy of a remote file (`local_copy`).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -44,6 +45,8 @@ def local_copy(path) -> str:
         src = epath.Path(path)
         if not src.exists():
             raise FileNotFoundError(f"{path} does not exist")
+        if src.is_dir():  # an HF tokenizer directory: its tokenizer file
+            src = next((src / n for n in ("tokenizer.json", "tokenizer.model") if (src / n).exists()), src)
         local_dir = tempfile.mkdtemp(prefix="rho_jax_remote_")
         for f in (src, src.parent / "tokenizer_config.json"):
             if f == src or f.exists():  # the tokenizer itself was checked above
@@ -54,9 +57,10 @@ def local_copy(path) -> str:
 
 
 def array_record_version() -> tuple[int, ...]:
+    """The installed array-record's (major, minor, patch)."""
     from importlib.metadata import version
 
-    return tuple(int(x) for x in version("array-record").split(".")[:3] if x.isdigit())
+    return tuple(int(x) for x in re.match(r"(\d+)\.(\d+)\.(\d+)", version("array-record")).groups())
 
 
 def check_array_record_reads(path, what: str, version: tuple[int, ...] | None = None) -> None:
