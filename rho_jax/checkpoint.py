@@ -264,8 +264,8 @@ def restore_model_dir(directory: str, shardings=None):
     """(ModelConfig, params) from `save_model` output, or from a training workdir's final/ model.
     `shardings`: restore straight onto devices; None gives host arrays. Use `load_weights` for any format."""
     p = epath.Path(directory)
-    if not (p / MODEL_CONFIG_FILE).exists() and (p / "final" / MODEL_CONFIG_FILE).exists():
-        p = p / "final"  # a training workdir: its exported final model
+    if (p / "final" / MODEL_CONFIG_FILE).exists():
+        p = p / "final"  # a training workdir (its top-level model_config.json describes the run): its final model
     if not (p / MODEL_CONFIG_FILE).exists():
         raise CheckpointError(f"{directory} is not an Orbax model checkpoint (no {MODEL_CONFIG_FILE}, no final/); "
                               f"convert HF/GGUF weights with `rho-jax convert` or point at a finished workdir")

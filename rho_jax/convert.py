@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from etils import epath
 
 from rho_jax import checkpoint as ckpt
 from rho_jax import interop
@@ -10,7 +10,8 @@ from rho_jax import interop
 
 def convert(src: str, dst: str, to: str = "orbax") -> None:
     """Validates the whole source before writing anything; `dst` must not already hold files."""
-    if os.path.exists(dst) and os.listdir(dst):
+    out = epath.Path(dst)  # local or gs://
+    if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"output directory {dst} is not empty; choose a new one")
     if to == "orbax":
         cfg, params = interop.load_pretrained(src)

@@ -17,8 +17,9 @@ import os
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
-from rho_jax import losses
+from rho_jax import losses, storage
 from rho_jax.answers import is_numeric_answer, score_completions
 from rho_jax.batch import INPUT_KEYS
 from rho_jax.checkpoint import load_weights  # `checkpoint` names command()'s argument
@@ -147,10 +148,9 @@ def few_shot_task(cfg, params, tokenizer, task: str, limit: int | None = None, s
 
 def _heldout_config(checkpoint: str, vocab: str, seq_len: int):
     """The data config for heldout:<source>: the run's own config.json when `checkpoint` is a workdir."""
-    path = os.path.join(checkpoint, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
+    path = epath.Path(checkpoint) / "config.json"
+    if path.exists():
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
     c = base_config()
     c.data.vocab, c.data.seq_len = vocab, seq_len
     return c
@@ -187,9 +187,9 @@ def command(checkpoint: str, vocab: str = "", tasks: str = "gsm8k100", limit: in
         raise ConfigError(f"--tasks={tasks!r}: unknown task(s) {bad}; expected a comma list of "
                           f"{', '.join(TASK_PROMPTS)} or heldout:<source>")
     # A training workdir also holds a model_config.json at its top: its model is final/.
-    final = os.path.join(checkpoint, "final")
-    cfg, params = load_weights(final if os.path.isdir(final) else checkpoint, "checkpoint")
-    vocab_path = str(tokenizer_path(vocab))
+    final = epath.Path(checkpoint) / "final"
+    cfg, params = load_weights(os.fspath(final) if final.is_dir() else checkpoint, "checkpoint")
+    vocab_path = vocab if storage.is_remote(vocab) else str(tokenizer_path(vocab))  # as given, not a local copy
     tokenizer = load_text_tokenizer(vocab)
     needs_data = any(t.startswith("heldout:") for t in task_list)
     hc = _heldout_config(checkpoint, vocab, seq_len) if needs_data else None
@@ -199,8 +199,7 @@ def command(checkpoint: str, vocab: str = "", tasks: str = "gsm8k100", limit: in
     if is_primary():
         print(json.dumps(summary, indent=1))
         if out:
-            with open(out, "w") as f:
-                json.dump(full, f, indent=1)
+            epath.Path(out).write_text(json.dumps(full, indent=1))
     return 0
 
 

@@ -164,8 +164,12 @@ def _trim_metrics(workdir: str, step: int) -> None:
     lines = path.read_text().splitlines()
     keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
     if len(keep) != len(lines):
+        text = "".join(ln + "\n" for ln in keep)
+        if "://" in workdir:  # a GCS object is replaced whole; a rename there is a copy
+            path.write_text(text)
+            return
         tmp = epath.Path(workdir) / "metrics.jsonl.tmp"
-        tmp.write_text("".join(ln + "\n" for ln in keep))
+        tmp.write_text(text)
         tmp.replace(path)
 
 
@@ -273,14 +277,17 @@ def _run(config, make_input, trainer, preempt) -> dict:
 def export_final(workdir: str, cfg, params) -> None:
     """The final params as an Orbax model dir `<workdir>/final` (usable as init.target / init.reference).
 
-    Every process takes part in the save (Orbax requires it); process 0 alone clears and renames."""
-    final, tmp = epath.Path(workdir) / "final", epath.Path(workdir) / "final.tmp"
-    if final.exists():
+    Every process takes part in the save (Orbax requires it); process 0 alone clears and renames. Locally
+    final/ appears by renaming final.tmp/; on gs:// (where a rename copies every object) it is written in
+    place, and its model_config.json, written last, marks it complete."""
+    final = epath.Path(workdir) / "final"
+    if (final / ckpt.MODEL_CONFIG_FILE).exists():
         return
+    tmp = final if "://" in workdir else epath.Path(workdir) / "final.tmp"
     if jax.process_index() == 0 and tmp.exists():
         tmp.rmtree()
     multihost_utils.sync_global_devices("rho_jax_export_final_start")
     ckpt.save_model(cfg, params, str(tmp))
     multihost_utils.sync_global_devices("rho_jax_export_final_saved")
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and tmp != final:
         tmp.rename(final)

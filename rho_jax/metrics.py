@@ -1,7 +1,8 @@
 """Metrics: one JSON object per line in <workdir>/metrics.jsonl and TensorBoard event files.
 
-Only process 0 writes. Cumulative counters (tokens, FLOPs) live in `Counters`, which is saved
-with the checkpoint so a resumed run continues the same curves.
+Only process 0 writes. Cumulative counters (tokens, FLOPs) live in `Counters`, which is saved with the
+checkpoint so a resumed run continues the same curves. A gs:// object cannot be appended to: there
+metrics.jsonl is rewritten whole at each write (as tensorboardX does with its event files on GCS).
 """
 
 from __future__ import annotations
@@ -45,26 +46,35 @@ def _scalar(v: Any):
 
 
 class MetricsWriter:
-    """Appends metrics rows to metrics.jsonl and TensorBoard (tensorboardX) under `workdir`."""
+    """Appends metrics rows to metrics.jsonl and TensorBoard (tensorboardX) under `workdir` (local or gs://)."""
 
     def __init__(self, workdir: str, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self._remote = "://" in workdir
+        self._text = ""  # remote: the whole file, rewritten at each write
         self._tb = None
         if self.enabled:
-            if "://" not in workdir:
+            if not self._remote:
                 os.makedirs(workdir, exist_ok=True)
+            elif self.path.exists():  # a resumed run continues the rows already there
+                self._text = self.path.read_text()
             # tensorboardX imports torch whenever torch is installed: only where events are written
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self._tb = SummaryWriter(os.fspath(epath.Path(workdir) / "tb"))
 
     def write(self, step: int, row: dict) -> dict:
         row = {"step": int(step), **{k: _scalar(v) for k, v in row.items() if k != "step"}}
         if not self.enabled:
             return row
-        with _open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if self._remote:
+            self._text += line
+            self.path.write_text(self._text)
+        else:
+            with open(self.path, "a") as f:
+                f.write(line)
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)):
                 self._tb.add_scalar(k, v, step)
@@ -76,13 +86,6 @@ class MetricsWriter:
             self._tb.close()
 
 
-def _open(path: str, mode: str):
-    if "://" in path:
-        return epath.Path(path).open(mode)
-    return open(path, mode)
-
-
 def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    with _open(path, "r") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = (epath.Path(workdir) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

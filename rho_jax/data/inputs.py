@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 
+from rho_jax import storage
 from rho_jax.checkpoint import load_weights
 from rho_jax.config import ConfigError
 from rho_jax.data import reader, scores, vocab as vocab_lib
@@ -28,11 +29,12 @@ def load_vocabulary(path: str):
     (SentencePiece .model, tokenizer.json, or a .gguf with an embedded vocabulary)."""
     if not path:
         return vocab_lib.seqio_vocabulary(vocab_lib.demo_vocab_path())
-    return as_seqio_vocabulary(load_tokenizer(path))
+    return as_seqio_vocabulary(load_tokenizer(tokenizer_path(path)))
 
 
 def tokenizer_path(path: str) -> Path:
-    return Path(path) if path else vocab_lib.demo_vocab_path()
+    """The local tokenizer file of config.data.vocab: itself, a local copy of a gs:// file, or the demo's."""
+    return Path(storage.local_copy(path)) if path else vocab_lib.demo_vocab_path()
 
 
 def vocabulary_identity(path: str) -> str:

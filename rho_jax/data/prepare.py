@@ -22,12 +22,12 @@ import json
 import logging
 import os
 import shlex
-import tempfile
 from typing import Optional
 
 from etils import epath
 
 from rho_jax import config as config_lib
+from rho_jax import storage
 from rho_jax.data import inputs, pipeline, rows, sources
 from rho_jax.data.rows import DataError
 from rho_jax.interop.tokenizer import load_tokenizer
@@ -63,14 +63,7 @@ _TOKENIZERS: dict = {}
 def _tokenizer(path: str):
     """One tokenizer per worker process; a remote file is copied to local disk first."""
     if path not in _TOKENIZERS:
-        local = path
-        if "://" in path:
-            src = epath.Path(path)
-            local = os.path.join(tempfile.mkdtemp(prefix="rho_jax_tok_"), src.name)
-            for f in (src, src.parent / "tokenizer_config.json"):
-                if f.exists():
-                    rows.copy_file(f, os.path.join(os.path.dirname(local), f.name))
-        _TOKENIZERS[path] = load_tokenizer(local)
+        _TOKENIZERS[path] = load_tokenizer(storage.local_copy(path))
     return _TOKENIZERS[path]
 
 
@@ -192,7 +185,7 @@ def prepare(source: str, out_dir: str, *, tokenizer: str, vocab_identity: str, s
     A rerun into the same directory with the same settings redoes only unfinished shards; a directory
     holding another preparation (other vocabulary, seq_len, packing or source) is refused.
     """
-    tok = load_tokenizer(tokenizer)
+    tok = load_tokenizer(storage.local_copy(tokenizer))
     if tok.eos_id is None:
         raise DataError(f"tokenizer {tokenizer} has no EOS token; packing needs one to end every document")
     settings = Settings(os.fspath(tokenizer), vocab_identity, int(seq_len), packing, int(tok.eos_id))

@@ -32,6 +32,7 @@ from typing import Mapping, Optional
 import numpy as np
 from etils import epath
 
+from rho_jax import storage
 from rho_jax.data import rows as rows_lib
 from rho_jax.data import scores as scores_lib
 from rho_jax.data.rows import DataError
@@ -135,6 +136,7 @@ def open_components(prepared, *, seq_len: int, vocab_identity: str, max_rows: in
     max_rows > 0 keeps the first rows of each component, max_rows in all, shared by the rates (so a small
     run reads, and `rho-jax score` scores, only the first shards of each component).
     """
+    storage.check_array_record_reads(prepared, "config.data.prepared")
     if not epath.Path(prepared).exists():
         raise DataError(f"config.data.prepared={os.fspath(prepared)!r} does not exist; run `rho-jax prepare "
                         f"--config=...` first")
@@ -147,6 +149,7 @@ def open_components(prepared, *, seq_len: int, vocab_identity: str, max_rows: in
 def join_scores(components: list[Component], prepared, score_cache, *, ref_identity: str,
                 with_entropy: bool = False) -> list[Component]:
     """Attaches each component's score directory (mirroring the prepared layout), checked in O(shards)."""
+    storage.check_array_record_reads(score_cache, "config.data.score_cache")
     for c, (_, _, sdir, _) in zip(components, scores_lib.component_dirs(prepared, score_cache)):
         c.join_scores(sdir, ref_identity=ref_identity, with_entropy=with_entropy)
     return components
