@@ -166,3 +166,25 @@ def place(tree, shardings):
         return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
 
     return jax.tree.map(put, tree, shardings)
+
+
+def process_rows(sharding: NamedSharding, shape: Sequence[int]) -> tuple[int, int]:
+    """[lo, hi): the rows of a global [B, ...] array under `sharding` that this process's devices hold.
+
+    On a mesh whose devices are in process-major order (every slice, and CPU processes) they are contiguous;
+    `jax.make_array_from_process_local_data` takes exactly these rows, in order, from each process."""
+    index_map = sharding.addressable_devices_indices_map(tuple(shape))
+    rows = sorted({r for idx in index_map.values() for r in range(*idx[0].indices(shape[0]))})
+    if rows != list(range(rows[0], rows[-1] + 1)):
+        raise MeshError(f"process {jax.process_index()} holds the non-contiguous rows {rows} of a batch of {shape[0]}; "
+                        f"order the mesh's devices by process")
+    return rows[0], rows[-1] + 1
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a global [B, ...] array (those `process_rows` names), on the host, in order;
+    the whole array on one process. Replicas (e.g. over the tensor axis) are read once."""
+    first = {}
+    for s in x.addressable_shards:
+        first.setdefault(s.index[0].indices(x.shape[0])[0], s)
+    return np.concatenate([np.asarray(first[k].data) for k in sorted(first)])
