@@ -42,14 +42,14 @@ class _Job(NamedTuple):
     shard: dict
 
 
-def _records(job: _Job) -> Iterator[tuple[_Job, bytes]]:
+def _records(job: _Job) -> Iterator[bytes]:
     """The shard's records, checked against the row count its manifest gives."""
     n, want = 0, job.shard["rows"]
     for rec in rows_lib.read_records(job.rows_path):
         n += 1
         if n > want:
             break
-        yield job, rec
+        yield rec
     if n != want:
         raise rows_lib.DataError(f"{job.rows_path} holds {'more' if n > want else n} rows but its manifest says "
                                  f"{want}; re-run `rho-jax prepare`")
@@ -63,7 +63,7 @@ def _scored(fn, ref_params, records: Iterator, *, calls: int, micro: int, seq_le
     lo, hi = sharding.process_rows(sh, (micro, seq_len))
     for _ in range(calls):
         block = list(itertools.islice(records, hi - lo))
-        rows = losses.pad_rows(rows_lib.decode_rows([rec for _, rec in block], seq_len), hi - lo)
+        rows = losses.pad_rows(rows_lib.decode_rows(block, seq_len), hi - lo)
         batch = {k: jax.make_array_from_process_local_data(sh, rows[k], (micro, seq_len)) for k in INPUT_KEYS}
         ref_ce, ref_ent = (sharding.local_rows(x) for x in fn(ref_params, batch))
         for i in range(len(block)):  # the real rows only
@@ -86,6 +86,8 @@ def _score_jobs(fn, ref_params, jobs: list[_Job], *, micro: int, seq_len: int, r
         with rows_lib.ShardWriter(job.out) as writer:
             for ref_ce_L, ref_ent_L in itertools.islice(scored, job.shard["rows"]):
                 writer.write(scores_lib.encode_scores(ref_ce_L, ref_ent_L if with_entropy else None))
+            if writer.rows != job.shard["rows"]:
+                raise RuntimeError(f"internal: {writer.rows} scores for {job.shard['rows']} rows of {job.rows_path}")
             info = writer.commit()
         rows_lib.write_json(rows_lib.sidecar_path(job.out),
                             scores_lib.shard_sidecar(info, job.shard, ref_identity, seq_len))

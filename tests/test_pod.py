@@ -8,7 +8,8 @@ a tiny model, cached reference scores and real text.
   rho-jax score     on every process: the same global mesh and compiled scorer as training, so the score
                     shards equal, bit for bit, one PROCESSES x DEVICES-device process scoring the same rows;
   rho-jax train     on every process, kill -9 of every process after a checkpoint;
-  rho-jax train     again: resumes from that checkpoint and finishes, each step's metrics written once.
+  rho-jax train     again: resumes from that checkpoint and finishes, each step's metrics written once and
+                    equal to what the killed run logged for it.
 """
 
 import os
@@ -31,7 +32,7 @@ SEQ, STEPS, KILL_AFTER = 32, 6, 2
 TIMEOUT_S = 600
 pytestmark = pytest.mark.slow
 
-CONFIG = '''"""configs/tinyllama_owm_slm.py on {processes} CPU processes x {devices} devices: a tiny model, local paths."""
+CONFIG = '''"""configs/tinyllama_owm_slm.py on {processes} CPU processes x {devices} devices: tiny model, local paths."""
 import importlib.util
 
 _spec = importlib.util.spec_from_file_location("tinyllama_owm_slm", {real!r})
@@ -62,8 +63,8 @@ def write_config(path: Path, root: Path, jsonl: Path, target: Path, reference: P
         "train.log_every": 1, "checkpoint.every": 1,
         "mesh.data": -1, "mesh.fsdp": PROCESSES * DEVICES, "mesh.tensor": 1,
     }
-    path.write_text(CONFIG.format(processes=PROCESSES, devices=DEVICES, real=str(REPO / "configs" / "tinyllama_owm_slm.py"),
-                                  overrides=overrides))
+    real = REPO / "configs" / "tinyllama_owm_slm.py"
+    path.write_text(CONFIG.format(processes=PROCESSES, devices=DEVICES, real=str(real), overrides=overrides))
     return path
 
 
@@ -75,6 +76,10 @@ def on_all(args, env, logs):
 
 def tail(log: Path) -> str:
     return "\n".join(ln for ln in log.read_text().splitlines() if not ln.startswith("[Gloo]"))[-2500:]
+
+
+def untimed(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("tokens_per_s", "mfu")}
 
 
 def score_arrays(cache: Path, manifest: dict) -> list:
@@ -97,7 +102,8 @@ def test_pod_flow_prepare_score_train_kill_resume(tmp_path):
     n = len(pod["shards"])  # the prepared shards that hold rows
     assert n > PROCESSES, n
     for p, log in enumerate(per_process("score")):  # shard i -> process i % PROCESSES
-        assert f"process {p}/{PROCESSES}: scored {len(range(p, n, PROCESSES))} shards, 0 already done" in log.read_text()
+        assert f"process {p}/{PROCESSES}: scored {len(range(p, n, PROCESSES))} shards, 0 already done" in \
+            log.read_text()
     single = root / "scores_single_process"  # the same rows, mesh shape and micro-batch in one process
     res = kt.run(["score", flag, f"--config.data.score_cache={single}"], kt.cli_env(PROCESSES * DEVICES),
                  logs / "score-single.log", TIMEOUT_S)
@@ -111,6 +117,8 @@ def test_pod_flow_prepare_score_train_kill_resume(tmp_path):
                      timeout=TIMEOUT_S)
     assert how.startswith("killed"), how + "".join(tail(log) for log in per_process("train"))
     assert not (root / "slm" / "final").exists()
+    killed = {r["step"]: untimed(r) for r in read_metrics(str(root / "slm"))}
+    assert len(killed) >= KILL_AFTER, killed
 
     on_all(["train", flag], env, per_process("resume"))
     resumed = kt.resumed_from(per_process("resume")[0].read_text())
@@ -118,4 +126,6 @@ def test_pod_flow_prepare_score_train_kill_resume(tmp_path):
     metrics = read_metrics(str(root / "slm"))  # each step once, the counters carried across the kill
     assert [r["step"] for r in metrics] == list(range(1, STEPS + 1))
     assert [r["tokens_processed"] for r in metrics] == [s * 2 * PROCESSES * DEVICES * SEQ for s in range(1, STEPS + 1)]
+    # the steps the killed run logged read the same after the resume (those after its checkpoint were redone)
+    assert [untimed(r) for r in metrics if r["step"] in killed] == [killed[s] for s in sorted(killed)]
     assert (root / "slm" / "final").is_dir() and os.listdir(root / "slm" / "final")
