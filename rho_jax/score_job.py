@@ -60,10 +60,10 @@ def _scored(fn, ref_params, records: Iterator, *, calls: int, micro: int, seq_le
     scorer `fn` on [micro, seq_len] micro-batches: this process feeds its next rows (those its devices hold),
     padded with empty rows once its records run out, so that every process runs every call."""
     sh = fn.batch_sharding
-    lo, hi = sharding.process_rows(sh, (micro, seq_len))
+    local = len(sharding.process_rows(sh, (micro, seq_len)))
     for _ in range(calls):
-        block = list(itertools.islice(records, hi - lo))
-        rows = losses.pad_rows(rows_lib.decode_rows(block, seq_len), hi - lo)
+        block = list(itertools.islice(records, local))
+        rows = losses.pad_rows(rows_lib.decode_rows(block, seq_len), local)
         batch = {k: jax.make_array_from_process_local_data(sh, rows[k], (micro, seq_len)) for k in INPUT_KEYS}
         ref_ce, ref_ent = (sharding.local_rows(x) for x in fn(ref_params, batch))
         for i in range(len(block)):  # the real rows only
@@ -76,8 +76,8 @@ def _score_jobs(fn, ref_params, jobs: list[_Job], *, micro: int, seq_len: int, r
                 with_entropy: bool, bar) -> None:
     """Scores `jobs` (this process's unfinished shards) in order, each into its score shard (atomically, then
     its sidecar), with as many scorer calls as the process with the most rows needs."""
-    lo, hi = sharding.process_rows(fn.batch_sharding, (micro, seq_len))
-    calls = -(-sum(j.shard["rows"] for j in jobs) // (hi - lo))
+    local = len(sharding.process_rows(fn.batch_sharding, (micro, seq_len)))
+    calls = -(-sum(j.shard["rows"] for j in jobs) // local)
     if jax.process_count() > 1:  # a resumed job may have left more shards to some processes than to others
         calls = int(np.max(multihost_utils.process_allgather(np.int64(calls))))
     scored = _scored(fn, ref_params, itertools.chain.from_iterable(map(_records, jobs)), calls=calls,

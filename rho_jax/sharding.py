@@ -168,22 +168,18 @@ def place(tree, shardings):
     return jax.tree.map(put, tree, shardings)
 
 
-def process_rows(sharding: NamedSharding, shape: Sequence[int]) -> tuple[int, int]:
-    """[lo, hi): the rows of a global [B, ...] array under `sharding` that this process's devices hold.
+def process_rows(sharding: NamedSharding, shape: Sequence[int]) -> list[int]:
+    """The rows of a global [B, ...] array under `sharding` that this process's devices hold, in order.
 
-    On a mesh whose devices are in process-major order (every slice, and CPU processes) they are contiguous;
-    `jax.make_array_from_process_local_data` takes exactly these rows, in order, from each process."""
+    `jax.make_array_from_process_local_data(sharding, local, shape)` takes local[i] as row process_rows[i];
+    on a mesh whose devices are in process order (CPU processes; most slices) they are contiguous."""
     index_map = sharding.addressable_devices_indices_map(tuple(shape))
-    rows = sorted({r for idx in index_map.values() for r in range(*idx[0].indices(shape[0]))})
-    if rows != list(range(rows[0], rows[-1] + 1)):
-        raise MeshError(f"process {jax.process_index()} holds the non-contiguous rows {rows} of a batch of {shape[0]}; "
-                        f"order the mesh's devices by process")
-    return rows[0], rows[-1] + 1
+    return sorted({r for idx in index_map.values() for r in range(*idx[0].indices(shape[0]))})
 
 
 def local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a global [B, ...] array (those `process_rows` names), on the host, in order;
-    the whole array on one process. Replicas (e.g. over the tensor axis) are read once."""
+    """This process's rows of a global [B, ...] array (those `process_rows` names, in that order) on the
+    host; the whole array on one process. Replicas (e.g. over the tensor axis) are read once."""
     first = {}
     for s in x.addressable_shards:
         first.setdefault(s.index[0].indices(x.shape[0])[0], s)

@@ -55,7 +55,9 @@ def worker(argv) -> dict:
     B, L = config.train.batch_size, config.data.seq_len
 
     # The rows this process must provide: those its addressable devices hold under the batch sharding.
-    lo, hi = sharding.process_rows(trainer.step_fn.batch_shardings["tokens"], (B, L))
+    rows = sharding.process_rows(trainer.step_fn.batch_shardings["tokens"], (B, L))
+    lo, hi = rows[0], rows[-1] + 1
+    assert rows == list(range(lo, hi)), f"process {jax.process_index()} holds non-contiguous rows {rows}"
 
     out = {"process": jax.process_index(), "processes": jax.process_count(), "devices": jax.device_count(),
            "rows": [lo, hi], "loss": [], "grad_norm": [], "n_selected": [], "shards_match": True}

@@ -183,3 +183,15 @@ def test_two_real_processes_score_their_own_shards_like_one(job, tmp_path):
     assert f"process 0/2: scored 0 shards, {len(range(0, n, 2))} already done" in logs[0].read_text()
     assert f"process 1/2: scored 1 shards, {len(range(1, n, 2)) - 1} already done" in logs[1].read_text()
     assert victim.read_bytes() == before and rows.read_manifest(out, scores.FORMAT) == got
+
+
+def test_process_rows_and_local_rows_on_a_mesh_with_replicas():
+    """One process holds every row; `local_rows` reads each once though the tensor axis replicates them."""
+    from rho_jax import sharding
+
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    sh = sharding.batch_sharding(mesh)
+    x_BxL = np.arange(8 * SEQ, dtype=np.float32).reshape(8, SEQ)
+    x = jax.device_put(x_BxL, sh)
+    assert len(x.addressable_shards) == 8 and sharding.process_rows(sh, x.shape) == list(range(8))
+    assert np.array_equal(sharding.local_rows(x), x_BxL)
