@@ -166,3 +166,21 @@ def place(tree, shardings):
         return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
 
     return jax.tree.map(put, tree, shardings)
+
+
+def process_rows(sharding: NamedSharding, shape: Sequence[int]) -> list[int]:
+    """The rows of a global [B, ...] array under `sharding` that this process's devices hold, in order.
+
+    `jax.make_array_from_process_local_data(sharding, local, shape)` takes local[i] as row process_rows[i];
+    on a mesh whose devices are in process order (CPU processes; most slices) they are contiguous."""
+    index_map = sharding.addressable_devices_indices_map(tuple(shape))
+    return sorted({r for idx in index_map.values() for r in range(*idx[0].indices(shape[0]))})
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a global [B, ...] array (those `process_rows` names, in that order) on the
+    host; the whole array on one process. Replicas (e.g. over the tensor axis) are read once."""
+    first = {}
+    for s in x.addressable_shards:
+        first.setdefault(s.index[0].indices(x.shape[0])[0], s)
+    return np.concatenate([np.asarray(first[k].data) for k in sorted(first)])

@@ -18,13 +18,16 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RHO_JAX = str(ROOT / ".venv" / "bin" / "rho-jax") if (ROOT / ".venv" / "bin" / "rho-jax").exists() else "rho-jax"
+# The console script of the interpreter running this (a venv's bin/), else the checkout's .venv, else PATH's.
+RHO_JAX = next((str(p) for p in (Path(sys.executable).parent / "rho-jax", ROOT / ".venv" / "bin" / "rho-jax")
+                if p.exists()), "rho-jax")
 
 
 def make_reference_model(directory: Path, seed: int = 1) -> Path:
@@ -43,20 +46,28 @@ def make_reference_model(directory: Path, seed: int = 1) -> Path:
     return directory
 
 
+def make_jsonl(path: Path, documents: int = 200, first: int = 0) -> Path:
+    """A JSONL file of CHAMP noisy-math documents [first, first + documents) (real text)."""
+    sys.path.insert(0, str(ROOT))
+    from rho_jax.data import corpora
+
+    src = corpora.export("champ_noisy", "train")
+    with open(src) as f, open(path, "w") as out:
+        for i, line in zip(range(first + documents), f):
+            if i >= first:
+                out.write(line)
+    return path
+
+
 def make_prepared(directory: Path, documents: int = 200, seq_len: int = 32, shards: int = 3, first: int = 0) -> Path:
     """A prepared directory (`rho-jax prepare` output) of CHAMP noisy-math documents [first, first + documents):
     real text, the demo vocabulary, about `shards` ArrayRecord shards. Reused when it exists."""
     sys.path.insert(0, str(ROOT))
-    from rho_jax.data import corpora, inputs, prepare, rows
+    from rho_jax.data import inputs, prepare, rows
 
     if not (directory / rows.MANIFEST).exists():
         directory.mkdir(parents=True, exist_ok=True)
-        src = corpora.export("champ_noisy", "train")
-        subset = directory.parent / f"{directory.name}.jsonl"
-        with open(src) as f, open(subset, "w") as out:
-            for i, line in zip(range(first + documents), f):
-                if i >= first:
-                    out.write(line)
+        subset = make_jsonl(directory.parent / f"{directory.name}.jsonl", documents, first)
         prepare.prepare(f"jsonl:{subset}", str(directory), tokenizer=str(inputs.tokenizer_path("")),
                         vocab_identity=inputs.vocabulary_identity(""), seq_len=seq_len,
                         shard_bytes=subset.stat().st_size // shards + 1)
@@ -72,10 +83,20 @@ def train_overrides(workdir: Path, reference: Path, prepared: Path, steps: int =
     return ["train", f"--config={ROOT / 'configs' / 'tiny.py'}"] + [f"--config.{k}={v}" for k, v in flags.items()]
 
 
+# Variables that would make a process think it is one of several (scrubbed from the child env).
+CLUSTER_VARS = (
+    "RHO_JAX_COORDINATOR", "RHO_JAX_NUM_PROCESSES", "RHO_JAX_PROCESS_ID", "RHO_JAX_MULTIHOST",
+    "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES", "MEGASCALE_COORDINATOR_ADDRESS",
+    "SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "CLOUD_TPU_TASK_ID",
+)
+
+
 def cli_env(devices: int = 1, compile_cache: Path | None = None) -> dict:
-    """The subprocess environment: `devices` simulated CPU devices and, optionally, a persistent
-    compilation cache (a cache hit loads the same executable, so results are unchanged)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+    """The subprocess environment: one process (no cluster variables) with `devices` simulated CPU devices
+    and, optionally, a persistent compilation cache (a cache hit loads the same executable, so results are
+    unchanged)."""
+    env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
+    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", TPU_SKIP_MDS_QUERY="1",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     if compile_cache is not None:
         env.update(JAX_COMPILATION_CACHE_DIR=str(compile_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -83,11 +104,37 @@ def cli_env(devices: int = 1, compile_cache: Path | None = None) -> dict:
     return env
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen([RHO_JAX] + args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+
+
+def start_processes(args: list[str], env: dict, logs: list[Path]) -> list[subprocess.Popen]:
+    """`rho-jax args` as len(logs) processes of one jax.distributed job (loopback coordinator, process i
+    logging to logs[i]), the way every host of a slice runs the same command."""
+    coordinator = f"127.0.0.1:{free_port()}"
+    return [start(args, dict(env, RHO_JAX_COORDINATOR=coordinator, RHO_JAX_NUM_PROCESSES=str(len(logs)),
+                             RHO_JAX_PROCESS_ID=str(i)), log) for i, log in enumerate(logs)]
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
+    """The exit codes of `procs`; on a timeout, every one still running is killed (then it raises)."""
+    deadline = time.monotonic() + timeout
+    try:
+        return [p.wait(max(deadline - time.monotonic(), 0.001)) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
 
 
 def run(args: list[str], env: dict, log: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -118,14 +165,16 @@ def _steps_on_disk(ckpt_dir: Path) -> tuple[set[int], set[int]]:
     return done, tmp
 
 
-def kill_at(proc: subprocess.Popen, ckpt_dir: Path, step: int, during_save: bool, rng: random.Random,
-            timeout: float = 600) -> str:
-    """SIGKILLs `proc` (its process group) while checkpoint `step` is being saved (`during_save`) or
-    a random 0-0.3 s after it is complete. Returns what happened ('killed ...' or 'exited rc=N')."""
+def kill_at(proc: subprocess.Popen | list[subprocess.Popen], ckpt_dir: Path, step: int, during_save: bool,
+            rng: random.Random, timeout: float = 600) -> str:
+    """SIGKILLs `proc` (its process group; or every process of a list) while checkpoint `step` is being
+    saved (`during_save`) or a random 0-0.3 s after it is complete. Returns what happened ('killed ...'
+    or 'exited rc=N')."""
+    procs = proc if isinstance(proc, list) else [proc]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return f"exited rc={proc.returncode}"
+        if any(p.poll() is not None for p in procs):
+            return "exited rc=" + ",".join(str(p.poll()) for p in procs)
         done, tmp = _steps_on_disk(ckpt_dir)
         if during_save and step in tmp:
             how = f"killed during the save of step {step}"
@@ -138,8 +187,10 @@ def kill_at(proc: subprocess.Popen, ckpt_dir: Path, step: int, during_save: bool
         time.sleep(0.002)
     else:
         how = "killed at the timeout"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    for p in procs:
+        os.killpg(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.wait()
     return how
 
 

@@ -6,8 +6,6 @@ Run as a script, this file is the worker: `python test_multiprocess.py single` o
 """
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +13,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import kill_test as kt  # noqa: E402
+
 TIMEOUT_S = 300
 STEPS = 3
 TOL = 1e-5
-# Variables that would make a process think it is one of several (scrubbed from the child env).
-CLUSTER_VARS = (
-    "RHO_JAX_COORDINATOR", "RHO_JAX_NUM_PROCESSES", "RHO_JAX_PROCESS_ID", "RHO_JAX_MULTIHOST",
-    "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES", "MEGASCALE_COORDINATOR_ADDRESS",
-    "SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "CLOUD_TPU_TASK_ID",
-)
+
 
 
 def global_batch_at(step: int, batch: int, seq_len: int, vocab: int) -> dict:
@@ -46,6 +42,7 @@ def worker(argv) -> dict:
     import jax
     import numpy as np
 
+    from rho_jax import sharding
     from rho_jax.loop import Trainer
 
     spec = importlib.util.spec_from_file_location("tiny", REPO / "configs" / "tiny.py")
@@ -58,8 +55,7 @@ def worker(argv) -> dict:
     B, L = config.train.batch_size, config.data.seq_len
 
     # The rows this process must provide: those its addressable devices hold under the batch sharding.
-    index_map = trainer.step_fn.batch_shardings["tokens"].addressable_devices_indices_map((B, L))
-    rows = sorted({r for idx in index_map.values() for r in range(*idx[0].indices(B))})
+    rows = sharding.process_rows(trainer.step_fn.batch_shardings["tokens"], (B, L))
     lo, hi = rows[0], rows[-1] + 1
     assert rows == list(range(lo, hi)), f"process {jax.process_index()} holds non-contiguous rows {rows}"
 
@@ -79,21 +75,12 @@ def worker(argv) -> dict:
 
 
 def _env(n_devices: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}",
-               TPU_SKIP_MDS_QUERY="1", PYTHONPATH=str(REPO))
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return dict(kt.cli_env(n_devices), PYTHONPATH=str(REPO))
 
 
 @pytest.mark.slow
 def test_two_processes_match_one():
-    coordinator = f"127.0.0.1:{_free_port()}"
+    coordinator = f"127.0.0.1:{kt.free_port()}"
     me = str(Path(__file__).resolve())
     commands = [([sys.executable, me, "multi", coordinator, str(pid)], 4) for pid in (0, 1)]
     commands.append(([sys.executable, me, "single"], 8))

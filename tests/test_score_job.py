@@ -148,30 +148,17 @@ def test_scores_of_another_reference_or_prepare_and_missing_or_extra_shards_are_
 
 
 def test_two_real_processes_score_their_own_shards_like_one(job, tmp_path):
-    """`rho-jax score` as two jax.distributed processes (1 CPU device each, each scoring its own shards):
-    together they write every shard, with the same fingerprints and scores as one 8-device process (equal
-    up to float rounding: the batch is laid out on other devices)."""
-    import socket
-
+    """`rho-jax score` as two jax.distributed processes (1 CPU device each): every scorer call is one
+    micro-batch over the 2-device global mesh, each process feeding rows of its own shards. Together they
+    write every shard, with the same fingerprints and scores as one 8-device process (equal up to float
+    rounding: another mesh is another program)."""
     prepared, reference, cache, _, (manifest,) = job
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
     out = tmp_path / "scores"
     args = ["score", f"--config={REPO / 'configs' / 'tiny.py'}", f"--config.data.prepared={prepared}",
             f"--config.data.score_cache={out}", f"--config.init.reference={reference}", f"--config.data.seq_len={SEQ}"]
-    procs = []
-    for pid in (0, 1):
-        env = dict(kt.cli_env(1), RHO_JAX_COORDINATOR=coordinator, RHO_JAX_NUM_PROCESSES="2",
-                   RHO_JAX_PROCESS_ID=str(pid))
-        procs.append(kt.start(args, env, tmp_path / f"p{pid}.log"))
-    try:
-        for pid, p in enumerate(procs):
-            assert p.wait(300) == 0, (tmp_path / f"p{pid}.log").read_text()[-3000:]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    logs = [tmp_path / f"p{pid}.log" for pid in (0, 1)]
+    rcs = kt.wait_all(kt.start_processes(args, kt.cli_env(1), logs), 300)
+    assert rcs == [0, 0], [log.read_text()[-3000:] for log in logs]
     n = len(manifest["shards"])
     for pid in (0, 1):  # shard i -> process i % 2
         assert f"process {pid}/2: scored {len(range(pid, n, 2))} shards, 0 already done" in \
@@ -184,3 +171,27 @@ def test_two_real_processes_score_their_own_shards_like_one(job, tmp_path):
         a = [scores.decode_scores(r, SEQ) for r in rows.read_records(out / s["file"])]
         b = [scores.decode_scores(r, SEQ) for r in rows.read_records(cache / s["file"])]
         np.testing.assert_allclose(np.stack(a), np.stack(b), rtol=1e-5, atol=1e-5)
+
+    # Resume with unequal work: only process 1's shard 1 is missing; process 0 still joins every call.
+    victim = out / got["shards"][1]["file"]
+    before = victim.read_bytes()
+    victim.unlink()
+    rows.sidecar_path(victim).unlink()
+    logs = [tmp_path / f"resume{pid}.log" for pid in (0, 1)]
+    rcs = kt.wait_all(kt.start_processes(args, kt.cli_env(1), logs), 300)
+    assert rcs == [0, 0], [log.read_text()[-3000:] for log in logs]
+    assert f"process 0/2: scored 0 shards, {len(range(0, n, 2))} already done" in logs[0].read_text()
+    assert f"process 1/2: scored 1 shards, {len(range(1, n, 2)) - 1} already done" in logs[1].read_text()
+    assert victim.read_bytes() == before and rows.read_manifest(out, scores.FORMAT) == got
+
+
+def test_process_rows_and_local_rows_on_a_mesh_with_replicas():
+    """One process holds every row; `local_rows` reads each once though the tensor axis replicates them."""
+    from rho_jax import sharding
+
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    sh = sharding.batch_sharding(mesh)
+    x_BxL = np.arange(8 * SEQ, dtype=np.float32).reshape(8, SEQ)
+    x = jax.device_put(x_BxL, sh)
+    assert len(x.addressable_shards) == 8 and sharding.process_rows(sh, x.shape) == list(range(8))
+    assert np.array_equal(sharding.local_rows(x), x_BxL)
