@@ -272,28 +272,8 @@ def cmd_bench(fv, _):
 def cmd_compile(fv, _):
     from rho_jax import aot
 
-    topology = fv.topology or _config_slice(fv)
-    results = aot.compile_config(_resolved_config(fv), topology, paths.resolve_path(fv.hlo_dir))
-    print(aot.HEADER)
-    for r in results:
-        print(aot.row(r), flush=True)
-    if fv.json:
-        Path(paths.resolve_path(fv.json)).write_text(aot.to_json(results))
-    aot.check_fit(results)
-
-
-def _config_slice(fv) -> str:
-    """The SLICE a config file names (the real-scale configs do); a usage error without it."""
-    import importlib.util
-
-    path = fv["config"].config_filename.split(":")[0]
-    spec = importlib.util.spec_from_file_location("rho_jax_user_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not getattr(module, "SLICE", ""):
-        raise UsageError(f"rho-jax compile: {path} names no SLICE; pass --topology=NAME (e.g. v5litepod-4, v4-32, "
-                         f"v5e:2x2)")
-    return module.SLICE
+    aot.command(_resolved_config(fv), fv["config"].config_filename, fv.topology, paths.resolve_path(fv.hlo_dir),
+                paths.resolve_path(fv.json))
 
 
 def cmd_demo(fv, _):
