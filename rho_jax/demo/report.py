@@ -10,7 +10,7 @@ from pathlib import Path
 from rho_jax import analysis, checkpoint
 from rho_jax.data.inputs import heldout_rows, heldout_sets, load_text_tokenizer
 from rho_jax.demo.evaluation import tokens_at
-from rho_jax.demo.stages import ARMS, base_path, run_name, seeds, stage_config
+from rho_jax.demo.stages import ARMS, MATCHED, base_path, run_name, seeds, stage_config
 from rho_jax.demo.summary import summarize
 from rho_jax.demo.table import LABELS, flops_rows, fmt, table_text
 from rho_jax.metrics import read_metrics
@@ -98,20 +98,31 @@ def _markdown(dc, s: dict) -> str:
         + ("; `random` keeps as many tokens, uniformly at random" if "random" in s["arms"] else "")
         + (f"; `document` keeps the top {cpt.ratio:.0%} of each batch's documents, whole, by their tokens' mean "
            f"score (so another share of tokens)" if "document" in s["arms"] else "")
+        + ("; `reference_only` continues the base with CLM on the reference's clean set alone, and "
+           "`clm_matched_flops` with CLM on the noisy mixture, each for SLM's total FLOPs (its run, the reference "
+           "training and the scoring; longer runs, the same seeds and evaluation interval)"
+           if set(s["arms"]) & set(MATCHED) else "")
         + ". Arms not run: " + (", ".join(f"`{a}`" for a in ARMS if a not in s["arms"]) or "none") + ".", "",
+        "The CHAMP problems are split three ways, disjoint by problem: the reference's clean solutions, the problems "
+        "whose model-written solutions make the noisy corpus, and the held-out set. The in-domain held-out set "
+        f"(`{s['heldout_source']}`) and the off-domain one (GSM8K-100) are co-headlines: an arm that only steers "
+        "towards the reference's domain wins the first and loses the second.", "",
         table_text(s), "",
-        "X interpolates between held-out evaluations (the base is the point at 0 tokens); Y counts FLOPs at the first "
-        "evaluation at or below the target (`rho_jax.flops.compute_ratio`), so it does not credit SLM between "
-        "evaluations. Intervals: Student t over the seeds' paired differences (same seed = same rows and order).", "",
+        "X and Y are read off the same curve in the same way: the held-out loss against processed tokens (X) or "
+        "FLOPs (Y), from the base (0 tokens) through every evaluation, linearly interpolated at the crossing of "
+        "CLM's final loss (`rho_jax.flops.compute_ratio`). Intervals: Student t over the seeds' paired "
+        "differences (same seed = same rows and order).", "",
         "## Compute (model FLOPs: 6 per parameter and token trained, 2 per token scored, plus attention)", "",
         "| stage | FLOPs | tokens | x one CLM run |", "|---|---:|---:|---:|",
         *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in flops_rows(s)], "",
-        "Scoring counts every row the score job scored (whole prepared shards, at least the rows the runs read). "
-        "Evaluation is not counted.", "",
+        "Y charges the scoring of the rows the runs read, at the job's FLOPs per row (the job itself scores whole "
+        "prepared shards). Evaluation is not counted.", "",
         "Every number comes from `<arm>/seed<s>/metrics.jsonl`, `reference/metrics.jsonl`, the score manifests and "
         "`eval/*.json`. Held-out losses: nats per token over the held-out packed rows"
-        + (f" (the first {dc.eval.max_rows})" if dc.eval.max_rows else "") + ". Few-shot: greedy, "
-        f"{dc.eval.shots}-shot, the first n problems (ASDiv: numeric answers only).", "",
+        + (f" (the first {dc.eval.max_rows})" if dc.eval.max_rows else "") + ". Answer NLL: -log p(final answer | "
+        "\"Question: q\\nAnswer:\"), nats per problem, the first n problems (ASDiv: numeric answers only)"
+        + (f". Few-shot: greedy, {dc.eval.shots}-shot, the first n problems" if s["few_shot_n"] else
+           "; few-shot accuracy is off at this size (0 for every arm; `configs/demo_smollm2.py` runs it)") + ".", "",
         "## Held-out loss along training (mean over seeds, band ± std)", "", "![held-out loss](heldout_loss.png)", "",
         *[f"![{k}]({k})\n" for k in extra],
         "![GSM8K solution loss at the kept checkpoints](solution_loss.png)", "",
