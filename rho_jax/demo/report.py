@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rho_jax import analysis, checkpoint
 from rho_jax.data.inputs import heldout_rows, heldout_sets, load_text_tokenizer
+from rho_jax.demo.diagnostics import selection_diagnostics
 from rho_jax.demo.evaluation import tokens_at
 from rho_jax.demo.stages import ARMS, MATCHED, base_path, run_name, seeds, stage_config
 from rho_jax.demo.summary import summarize
@@ -71,12 +72,31 @@ def write_report(dc, evals: dict, timings: dict) -> dict:
         analysis.plot_categories(c["split"], str(out / f"categories_{name}.png"))
     summary["categories"] = cats
     summary["paper_split"] = analysis.PAPER_SPLIT
+    summary["selection"] = selection_diagnostics(dc, m_cfg, base_params, str(out / "excess_histogram.png"))
     _selected_page(dc, base_params, m_cfg, str(out / "selected_tokens.html"))
     (out / "categories.json").write_text(json.dumps({**cats, "paper": analysis.PAPER_SPLIT}, indent=1,
                                                     ensure_ascii=False))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     (out / "report.md").write_text(_markdown(dc, summary), encoding="utf-8")
     return summary
+
+
+def _selection_lines(sel: dict) -> list[str]:
+    """The selection diagnostics: kept fraction by component and category per checkpoint, Jaccard overlaps."""
+    labels = sel["checkpoints"]
+    comps = list(sel["by_component"][labels[0]])
+    cats = [c for c in analysis.CATEGORIES if c in sel["by_category"][labels[0]]]
+    rows_n = ", ".join(f"{k} {v}" for k, v in sel["rows"].items())
+    return [
+        f"Selection diagnostics on the first noisy-corpus rows of each component ({rows_n} rows, one batch): the "
+        "share of each group's tokens SLM's top-k keeps by excess loss, at the base (the run's start) and at each "
+        "kept checkpoint; token categories by the paper's rule on the CLM run's checkpoints.", "",
+        "| checkpoint | " + " | ".join([*comps, *cats]) + " |", "|---|" + "---:|" * (len(comps) + len(cats)),
+        *[f"| {lb} | " + " | ".join([f"{sel['by_component'][lb][c]:.1%}" for c in comps]
+                                    + [f"{sel['by_category'][lb].get(c, float('nan')):.1%}" for c in cats]) + " |"
+          for lb in labels], "",
+        "Jaccard overlap of the kept tokens: " + "; ".join(f"{k} {v:.3f}" for k, v in sel["jaccard"].items()) + ".",
+        "", "![excess-loss histogram at start and end](excess_histogram.png)", ""]
 
 
 def _markdown(dc, s: dict) -> str:
@@ -129,6 +149,7 @@ def _markdown(dc, s: dict) -> str:
         f"## Token selection (SLM, seed {s['seeds'][0]})", "",
         "![selected fraction](selected_fraction.png) ![selected vs unselected](selected_vs_unselected.png)", "",
         "[Noisy-corpus text with the selected tokens marked and coloured by excess loss](selected_tokens.html)", "",
+        *_selection_lines(s["selection"]),
         f"## Token categories (paper §2.1 rule, |ΔL| > {dc.analysis.threshold})", "",
         f"Per-token losses at the CLM run's (seed {s['seeds'][0]}) kept checkpoints (at {ticks} processed tokens), "
         "a least-squares line per token, ΔL = fitted(last) - fitted(first).", "",
