@@ -2,9 +2,15 @@
 
 Stages (all under `workdir`): tokenizer -> base (CLM on general text) -> reference (base continued on
 clean math) -> score the noisy corpus with the reference -> continual pretraining of the base on the
-noisy mixture by each arm (CLM, SLM, the random-selection control) for each seed (a seed: the data
-order and the selection rng; the same rows, order and tokens for every arm of a seed) -> evaluation
--> report. Sized to finish in 15 minutes on 2 CPU cores (base, reference and scoring shared by all runs).
+noisy mixture by each arm (CLM, SLM, the random-selection control, and at SLM's total FLOPs CLM on the
+clean set alone and CLM on the noisy mixture) for each seed (a seed: the data order and the selection
+rng; the same rows, order and tokens for every arm of a seed) -> evaluation -> report. The CHAMP
+problems behind the clean set, the noisy corpus and the held-out set are disjoint (checked).
+
+Proportions as the paper's, within reach of a toy: the reference trains on at most 25% of one CPT run's
+tokens (the paper: ~3%), scoring costs a third of a run (one forward per token read). Sized to finish in
+15 minutes on a quiet 2-core machine: about 1,000 training steps in all (base 100, reference 11, then
+3 seeds x (3 x 48 + 2 x 75) CPT steps), about 650 s of stages, plus the install.
 Every field can be overridden: `rho-jax demo --config.cpt.steps=50 --config.workdir=/tmp/d`.
 """
 
@@ -43,28 +49,31 @@ def get_config():
     # Stage 3: the reference model, the base continued on clean math (the paper: 3 epochs, cosine).
     c.reference = ml_collections.ConfigDict(dict(
         source="champ_clean",
-        epochs=2.0, batch_size=16, lr=1e-3, warmup_steps=5,  # 819 rows of 128: 103 steps
+        epochs=1.0, batch_size=16, lr=1e-3, warmup_steps=2,  # 171 rows of 128: 11 steps, 0.23x a CPT run
     ))
 
     # Stage 5: continual pretraining of the base on the noisy mixture: every arm, every seed.
     c.cpt = ml_collections.ConfigDict(dict(
         source="math_noisy",
-        steps=28, batch_size=16, lr=1e-3, warmup_steps=3,  # 57k tokens per run
+        steps=48, batch_size=16, lr=1e-3, warmup_steps=3,  # 98k tokens per run
         ratio=0.6,  # SLM (and the random and document arms): share of tokens kept (paper: 0.6 at 1B)
         score="excess",  # SLM score function (rho_jax.objective.SCORE_FUNCTIONS)
-        arms="clm,slm,random",  # of clm, slm, random (score='random'), document (scope='document'): each ~1 min
+        # of clm, slm, random (score='random'), document (scope='document'), reference_only (CLM on the clean set)
+        # and clm_matched_flops (CLM on the noisy mixture), the last two for SLM's FLOPs with reference and scoring
+        arms="clm,slm,random,reference_only,clm_matched_flops",
         seeds="0,1,2",  # each arm runs once per seed
-        eval_every=7,  # steps between held-out evaluations (the curves of the report)
-        checkpoint_every=14,  # steps between kept checkpoints (token categories, solution loss)
+        eval_every=6,  # steps between held-out evaluations (the curves of the report; X and Y interpolate)
+        checkpoint_every=24,  # steps between kept checkpoints (token categories, solution loss)
     ))
 
     # Stage 6: evaluation.
     c.eval = ml_collections.ConfigDict(dict(
-        sources="champ_clean,gsm8k100",  # held-out losses along training; the first is the headline
+        sources="champ_clean,gsm8k100",  # held-out losses along training: in-domain and off-domain co-headlines
         batch_size=16,
         max_rows=48,  # > 0: held-out losses over the first N packed rows only
-        gsm8k_n=10,  # few-shot greedy accuracy on the first N GSM8K-100 problems (0 skips)
-        asdiv_n=10,  # ... and on the first N ASDiv problems (0 skips)
+        answer_n=40,  # answer log-likelihood on the first N GSM8K-100 and ASDiv problems (moves at toy size)
+        gsm8k_n=0,  # few-shot greedy accuracy on the first N GSM8K-100 problems (0 skips: 0/N for all at toy size)
+        asdiv_n=0,  # ... and on the first N ASDiv problems (0 skips)
         shots=2,  # few-shot examples in the prompt
         max_new_tokens=48,
         solution_loss_n=50,  # GSM8K solution loss over the first N problems at every kept checkpoint

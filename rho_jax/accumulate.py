@@ -84,7 +84,7 @@ def per_micro_batch(spec, params, step, rng, mbs: dict, targets_m, valid_BxL, re
         weight, stats = objective.slm_objective(
             jax.lax.stop_gradient(ce), valid, ref if ref.ndim == 2 else None, ent if ent.ndim == 2 else None,
             ratio=ratio, score=spec.score, scope="batch", weighting=spec.weighting, temperature=spec.temperature,
-            rng=key)
+            rng=key, random_ties=spec.random_ties)
         return jnp.sum(ce * weight) / denom, (ce, weight, stats)
 
     xs = (mbs, targets_m, valid_m, ref_m, ent_m, jax.random.split(rng, a))

@@ -128,6 +128,19 @@ def solution_loss(cfg, params, tokenizer, items: list[dict], batch_size: int = 8
     return total / count
 
 
+def answer_nll(cfg, params, tokenizer, items: list[dict], batch_size: int = 8, seq_len: int = 256,
+               ce_chunk: int = 0) -> float:
+    """-log p(answer | "Question: q\nAnswer:") in nats per problem, the mean over items ({question, answer}):
+    the final answer alone scored as the solution (a number for GSM8K and ASDiv). It moves with small
+    models, where few-shot accuracy is 0 for all."""
+    answers = [{"question": it["question"], "solution": it["answer"]} for it in items if it.get("answer")]
+    examples = solution_examples(tokenizer, answers, min(seq_len, cfg.max_positions))
+    if not len(examples["tokens"]):
+        raise ValueError("no item has an answer; the answer log-likelihood needs items with an 'answer'")
+    total, _ = losses.summed_ce(cfg, params, examples, batch_size, ce_chunk, INPUT_KEYS + ("loss_mask",))
+    return total / len(answers)
+
+
 # ---- few-shot tasks and `rho-jax eval` ----
 
 def task_items(task: str, limit: int | None = None) -> list[dict]:

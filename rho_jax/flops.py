@@ -128,14 +128,14 @@ def total_flops(row: dict) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class ComputeRatio:
-    """SLM vs CLM at CLM's final loss; `reached` False when SLM never gets there (Y is then None)."""
+    """SLM vs CLM at CLM's final loss; `reached` False when SLM never gets there (X and Y are then None)."""
 
     clm_final_loss: float
     clm_flops: float  # CLM's whole run, in-step FLOPs
     clm_tokens: int
-    slm_step: int | None  # first logged SLM step with loss <= clm_final_loss
-    slm_flops: float | None  # SLM's in-step FLOPs up to that step (online / EMA reference included)
-    slm_tokens: int | None  # processed tokens up to that step
+    slm_step: int | None  # first evaluated SLM step with loss <= clm_final_loss
+    slm_flops: float | None  # SLM's in-step FLOPs at the interpolated crossing (online / EMA reference included)
+    slm_tokens: float | None  # processed tokens at the interpolated crossing
     reference_training_flops: float
     scoring_flops: float
 
@@ -156,26 +156,44 @@ class ComputeRatio:
         return (self.slm_flops + self.reference_training_flops + self.scoring_flops) / self.clm_flops
 
 
-def compute_ratio(slm_rows, clm_rows, reference_rows=(), scoring: float = 0.0,
-                  loss_key: str = "eval_loss") -> ComputeRatio:
-    """Y from metrics rows (`metrics.read_metrics`), with exact cumulative counters.
+def crossing(rows, loss_key: str, target: float, start_loss: float | None = None):
+    """(step, FLOPs, tokens) where the eval curve of `rows` first reaches `target`: FLOPs and tokens linearly
+    interpolated between the evaluation before and the first at or below it; with `start_loss`, the curve
+    starts at (0 FLOPs, 0 tokens, start_loss) (the model before training). None when it never does."""
+    pts = [(0, 0.0, 0.0, float(start_loss))] if start_loss is not None else []
+    pts += [(int(r["step"]), total_flops(r), float(r["tokens_processed"]), float(r[loss_key]))
+            for r in rows if _number(r.get(loss_key))]
+    for i, (step, f, t, y) in enumerate(pts):
+        if y <= target:
+            if i == 0:
+                return step, f, t
+            _, f0, t0, y0 = pts[i - 1]
+            w = (y0 - target) / (y0 - y)
+            return step, f0 + (f - f0) * w, t0 + (t - t0) * w
+    return None
 
-    CLM's final loss is its last row carrying `loss_key`; SLM reaches it at its first row with
-    loss <= that (at the granularity of the logged evaluations). Reference training = the
-    reference run's own in-step FLOPs at its last row; `scoring` = `scoring_flops` of the job that
-    scored the SLM corpus (0 for online / EMA references, whose cost is already in the SLM rows).
+
+def compute_ratio(slm_rows, clm_rows, reference_rows=(), scoring: float = 0.0,
+                  loss_key: str = "eval_loss", start_loss: float | None = None) -> ComputeRatio:
+    """X and Y from metrics rows (`metrics.read_metrics`), with exact cumulative counters.
+
+    CLM's final loss is its last row carrying `loss_key`. SLM reaches it where its eval curve crosses it
+    (`crossing`: FLOPs and tokens interpolated between evaluations, from `start_loss` at 0 when given), so
+    X and Y are read off the same curve in the same way. Reference training = the reference run's own
+    in-step FLOPs at its last row; `scoring` = the FLOPs of scoring the rows the SLM run reads (0 for
+    online / EMA references, whose cost is already in the SLM rows).
     """
     clm = [r for r in clm_rows if _number(r.get(loss_key))]
     if not clm:
         raise ValueError(f"the CLM metrics have no {loss_key!r} rows; set config.eval.every > 0")
     final = clm[-1]
-    hit = next((r for r in slm_rows if _number(r.get(loss_key)) and r[loss_key] <= final[loss_key]), None)
+    hit = crossing(slm_rows, loss_key, float(final[loss_key]), start_loss)
     return ComputeRatio(
         clm_final_loss=float(final[loss_key]), clm_flops=total_flops(final),
         clm_tokens=int(final["tokens_processed"]),
-        slm_step=None if hit is None else int(hit["step"]),
-        slm_flops=None if hit is None else total_flops(hit),
-        slm_tokens=None if hit is None else int(hit["tokens_processed"]),
+        slm_step=None if hit is None else hit[0],
+        slm_flops=None if hit is None else hit[1],
+        slm_tokens=None if hit is None else hit[2],
         reference_training_flops=total_flops(reference_rows[-1]) if reference_rows else 0.0,
         scoring_flops=float(scoring))
 

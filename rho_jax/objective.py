@@ -22,6 +22,8 @@ follow-up literature (document scope, Goldfish masking, DFT's prob weighting) li
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -145,46 +147,61 @@ def compute_k(n_valid, ratio) -> jax.Array:
     return q * num + r1 * a + (rest + _RATIO_SCALE - 1) // _RATIO_SCALE
 
 
-def _sort_keys(score, valid, index):
-    """Ascending sort keys that put valid, high, non-NaN scores first, ties by lower index."""
+def _sort_keys(score, valid, index, tiebreak=None):
+    """Ascending sort keys that put valid, high, non-NaN scores first, ties by lower `tiebreak` (when
+    given) then lower index; the index comes last (it is also the sort's payload)."""
     score = jnp.asarray(score)
     nan = jnp.isnan(score) if jnp.issubdtype(score.dtype, jnp.floating) else jnp.zeros(score.shape, bool)
     neg = -jnp.where(nan, 0, score)
-    return ((~valid).astype(jnp.int32), nan.astype(jnp.int32), neg, index)
+    ties = () if tiebreak is None else (jnp.broadcast_to(jnp.asarray(tiebreak, jnp.int32), score.shape),)
+    return ((~valid).astype(jnp.int32), nan.astype(jnp.int32), neg, *ties, index)
 
 
-def rank_scores(score_BxL: jax.Array, valid_BxL: jax.Array, scope: str = "batch") -> jax.Array:
+def random_tiebreak(rng, shape) -> jax.Array:
+    """int32 [shape]: a random permutation of the flat positions, to break score ties at random (select_topk's
+    `tiebreak`) where the flat index would favour the first rows (an EMA reference equal to the target: every
+    score 0)."""
+    n = math.prod(shape)
+    return jax.random.permutation(rng, n).astype(jnp.int32).reshape(shape)
+
+
+def rank_scores(score_BxL: jax.Array, valid_BxL: jax.Array, scope: str = "batch", tiebreak_BxL=None) -> jax.Array:
     """int32 rank of every position (0 = best) in the order used by `select_topk`.
 
-    Order: valid before invalid, then non-NaN before NaN, then higher score, then lower row-major
-    flat index. scope="sequence" ranks within each row instead of over the whole array.
+    Order: valid before invalid, then non-NaN before NaN, then higher score, then lower `tiebreak_BxL`
+    (int32, when given), then lower row-major flat index. scope="sequence" ranks within each row instead
+    of over the whole array.
     """
     if scope not in ("batch", "sequence"):
         raise ValueError(f"scope={scope!r}; token ranking takes 'batch' or 'sequence' "
                          f"(scope='document' needs segment ids: select_documents)")
     shape = score_BxL.shape
     valid_BxL = jnp.asarray(valid_BxL, bool)
+    n_keys = 4 if tiebreak_BxL is None else 5
     if scope == "batch":
         score_N, valid_N = score_BxL.reshape(-1), valid_BxL.reshape(-1)
         idx_N = jnp.arange(score_N.size, dtype=jnp.int32)
-        *_, perm_N = jax.lax.sort(_sort_keys(score_N, valid_N, idx_N), num_keys=4)
+        tie_N = None if tiebreak_BxL is None else jnp.reshape(tiebreak_BxL, -1)
+        *_, perm_N = jax.lax.sort(_sort_keys(score_N, valid_N, idx_N, tie_N), num_keys=n_keys)
         return jnp.zeros_like(idx_N).at[perm_N].set(idx_N, unique_indices=True).reshape(shape)
     idx_BxL = jnp.broadcast_to(jnp.arange(shape[1], dtype=jnp.int32), shape)
-    *_, perm_BxL = jax.lax.sort(_sort_keys(score_BxL, valid_BxL, idx_BxL), dimension=1, num_keys=4)
+    *_, perm_BxL = jax.lax.sort(_sort_keys(score_BxL, valid_BxL, idx_BxL, tiebreak_BxL), dimension=1,
+                                num_keys=n_keys)
     rows = jnp.arange(shape[0], dtype=jnp.int32)[:, None]
     return jnp.zeros_like(idx_BxL).at[rows, perm_BxL].set(idx_BxL, unique_indices=True)
 
 
-def select_topk(scores, valid, ratio, scope: str = "batch") -> jax.Array:
+def select_topk(scores, valid, ratio, scope: str = "batch", tiebreak=None) -> jax.Array:
     """bool mask [B, L] of exactly k = compute_k(#valid, ratio) valid positions with the highest scores.
 
-    Ties go to the lower row-major flat index; invalid positions are never selected; a NaN score at
+    Ties go to the lower `tiebreak` (int32 [B, L], e.g. `random_tiebreak`; when given), then to the lower
+    row-major flat index; invalid positions are never selected; a NaN score at
     a valid position ranks below every number, -inf included. One global stable sort, no per-device
     logic: inside jit on sharded arrays the mask is identical under any mesh. scope="sequence"
     selects k_row = compute_k(#valid in row, ratio) per row with the same tie rule.
     """
     valid = jnp.asarray(valid, bool)
-    rank = rank_scores(scores, valid, scope)
+    rank = rank_scores(scores, valid, scope, tiebreak)
     if scope == "batch":
         k = compute_k(jnp.sum(valid, dtype=jnp.int32), ratio)
     else:
@@ -192,13 +209,14 @@ def select_topk(scores, valid, ratio, scope: str = "batch") -> jax.Array:
     return (rank < k) & valid  # `& valid` is already implied (k <= n_valid); it documents the rule
 
 
-def select_documents(score_BxL, valid_BxL, segment_ids_BxL, ratio) -> jax.Array:
+def select_documents(score_BxL, valid_BxL, segment_ids_BxL, ratio, tiebreak=None) -> jax.Array:
     """bool [B, L]: every valid token of the top ceil(ratio * n_segments) segments of the batch (RHO-LOSS
     selects whole examples). Segments with >= 1 valid token rank by the mean score of their valid tokens
-    (select_topk's order: a NaN mean last, ties to the lower flat index of the segment's first token)."""
+    (select_topk's order: a NaN mean last, ties to the lower `tiebreak` at the segment's first token, when
+    given, then to the lower flat index of the segment's first token)."""
     valid = jnp.asarray(valid_BxL, bool)
     mean_BxL, is_doc_BxL, first_BxL = selection.segment_means(score_BxL, valid, segment_ids_BxL)
-    chosen_N = select_topk(mean_BxL, is_doc_BxL, ratio).reshape(-1)
+    chosen_N = select_topk(mean_BxL, is_doc_BxL, ratio, tiebreak=tiebreak).reshape(-1)
     return chosen_N[first_BxL.reshape(-1)].reshape(valid.shape) & valid
 
 
@@ -301,7 +319,7 @@ def masked_mean(ce_BxL, weight_BxL, denom=None) -> jax.Array:
 
 def slm_objective(ce_BxL, valid_BxL, ref_ce_BxL=None, ref_entropy_BxL=None, *, ratio, score: str = "excess",
                   scope: str = "batch", weighting: str = "hard", temperature: float = 1.0, rng=None,
-                  segment_ids_BxL=None):
+                  segment_ids_BxL=None, random_ties: bool = False):
     """Token weights for SLM and scalar stats; the loss is `masked_mean(ce_BxL, weight_BxL)`.
 
     Returns (weight_BxL f32, stats). hard: the select_topk mask as f32 (ratio, scope apply;
@@ -309,6 +327,9 @@ def slm_objective(ce_BxL, valid_BxL, ref_ce_BxL=None, ref_entropy_BxL=None, *, r
     prob: the hard mask times p(target) = exp(-ce), renormalised to mean 1 over the selected tokens
     (selection.prob_weights). soft: soft_weights(score, valid, temperature) (ratio, scope ignored).
     Goldfish masking, if any, is already folded into `valid_BxL`.
+    random_ties: break score ties at random (`random_tiebreak`, from `rng` folded with 1) instead of by flat
+    index: an EMA reference starts equal to the target, so every excess is 0 and the index would pick the
+    first rows.
     stats (f32 / int32 scalars, no gradient):
       threshold          hard / prob: lowest selected score (NaN if nothing is selected);
                          soft: the score whose weight is exactly 1 (above it tokens are up-weighted).
@@ -323,13 +344,16 @@ def slm_objective(ce_BxL, valid_BxL, ref_ce_BxL=None, ref_entropy_BxL=None, *, r
     ce = sg(jnp.asarray(ce_BxL, jnp.float32))
     raw_score_BxL = score_tokens(score, ce, ref_ce_BxL, ref_entropy_BxL, valid, rng)  # int32 for rank scores
     score_BxL = raw_score_BxL.astype(jnp.float32)
+    if random_ties and rng is None:
+        raise ValueError("random_ties needs an rng key; pass rng=jax.random.key(...)")
+    ties = random_tiebreak(jax.random.fold_in(rng, 1), valid.shape) if random_ties else None
     if weighting in ("hard", "prob"):
         if scope == "document":
             if segment_ids_BxL is None:
                 raise ValueError("scope='document' needs segment_ids_BxL (the packed segments to rank)")
-            mask = select_documents(score_BxL, valid, segment_ids_BxL, ratio)
+            mask = select_documents(score_BxL, valid, segment_ids_BxL, ratio, ties)
         else:
-            mask = select_topk(raw_score_BxL, valid, ratio, scope)
+            mask = select_topk(raw_score_BxL, valid, ratio, scope, ties)
         weight = mask.astype(jnp.float32) if weighting == "hard" else selection.prob_weights(ce, mask)
         threshold = jnp.min(jnp.where(mask, score_BxL, jnp.inf))
         threshold = jnp.where(jnp.any(mask), threshold, jnp.nan)

@@ -65,6 +65,7 @@ class StepSpec:
     ema_decay: float = 0.999
     goldfish_k: int = 0
     goldfish_h: int = 13
+    random_ties: bool = False  # score ties broken at random (objective.random_tiebreak): the EMA reference
 
     @classmethod
     def from_config(cls, config, target_cfg: model.ModelConfig, ref_cfg: model.ModelConfig | None):
@@ -76,7 +77,9 @@ class StepSpec:
                    total_steps=int(config.train.steps), score=o.score, scope=o.scope, weighting=o.weighting,
                    temperature=float(o.temperature), reference=o.reference, ce_chunk=int(o.ce_chunk),
                    grad_accum=int(config.train.grad_accum), ema_decay=float(o.ema_decay),
-                   goldfish_k=int(o.goldfish_k), goldfish_h=int(o.goldfish_h))
+                   goldfish_k=int(o.goldfish_k), goldfish_h=int(o.goldfish_h),
+                   # the EMA starts equal to the target: every excess 0, and the flat index would pick the first rows
+                   random_ties=uses_ref and o.reference == "ema")
 
     @property
     def slm(self) -> bool:
@@ -142,7 +145,7 @@ def _selection(spec: StepSpec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL,
     return objective.slm_objective(ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, ratio=ratio, score=spec.score,
                                    scope="batch" if spec.scope == "micro_batch" else spec.scope,  # one micro-batch
                                    weighting=spec.weighting, temperature=spec.temperature, rng=rng,
-                                   segment_ids_BxL=segment_ids_BxL)
+                                   segment_ids_BxL=segment_ids_BxL, random_ties=spec.random_ties)
 
 
 def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng, ema_params=None):

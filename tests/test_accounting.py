@@ -55,13 +55,18 @@ def rows(losses, flops_per_step, tokens_per_step, key="eval_loss"):
 
 def test_compute_ratio_from_metrics_rows():
     clm = rows([3.0, 2.5, 2.2, 2.0], flops_per_step=100.0, tokens_per_step=10)
-    slm = rows([2.8, 2.1, 1.9, 1.7], flops_per_step=120.0, tokens_per_step=10)  # reaches 2.0 at step 3
+    slm = rows([2.8, 2.1, 1.9, 1.7], flops_per_step=120.0, tokens_per_step=10)  # crosses 2.0 halfway to step 3
     ref = rows([3.0, 1.0], flops_per_step=30.0, tokens_per_step=5)
     r = flops.compute_ratio(slm, clm, ref, scoring=50.0)
     assert r.reached and r.slm_step == 3 and r.clm_final_loss == 2.0
-    assert r.clm_flops == 400.0 and r.slm_flops == 360.0 and r.reference_training_flops == 60.0
-    assert r.token_ratio == 30 / 40
-    assert r.y == (360.0 + 60.0 + 50.0) / 400.0  # > token ratio: the reference and scoring are counted
+    # X and Y off the same curve the same way: interpolated between steps 2 (240 FLOPs) and 3 (360)
+    assert r.clm_flops == 400.0 and r.slm_flops == pytest.approx(300.0) and r.reference_training_flops == 60.0
+    assert r.token_ratio == pytest.approx(25 / 40)
+    assert r.y == pytest.approx((300.0 + 60.0 + 50.0) / 400.0)  # > token ratio: the reference and scoring count
+    # Below the target at the first evaluation: from the start point (0 FLOPs, start_loss) when given
+    early = flops.compute_ratio(rows([1.9, 1.8], 120.0, 10), clm, start_loss=3.0)
+    assert early.slm_flops == pytest.approx(120.0 * 1.0 / 1.1) and early.slm_tokens == pytest.approx(10 / 1.1)
+    assert flops.compute_ratio(rows([1.9, 1.8], 120.0, 10), clm).slm_flops == 120.0  # no start: the first point
     # SLM that never gets there: no Y, said so
     never = flops.compute_ratio(rows([2.9, 2.6, 2.3, 2.1], 120.0, 10), clm, ref, scoring=50.0)
     assert not never.reached and never.y is None and never.token_ratio is None

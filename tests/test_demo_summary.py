@@ -1,6 +1,7 @@
 """The demo's summary maths on made-up metrics rows: mean ± std over seeds, the paired 95% t-interval
 (against numpy and scipy), tokens to reach CLM's final loss (X) and the compute ratio Y (by hand)."""
 
+import json
 import os
 
 import numpy as np
@@ -58,7 +59,9 @@ def _made_up_runs(dc):
 def test_summary_means_paired_intervals_x_and_y_by_hand(tmp_path, monkeypatch):
     dc = _load("demo.py")
     dc.workdir = str(tmp_path)
-    dc.cpt.seeds = "0,1,2"
+    dc.cpt.seeds, dc.cpt.arms = "0,1,2", "clm,slm,random"
+    (tmp_path / "leakage.json").write_text(json.dumps({"shared_problems": 0, "problems": {"reference": 54},
+                                                       "files": {"reference": ["x.jsonl"]}}))
     losses, rows, evals = _made_up_runs(dc)
     monkeypatch.setattr(summary_lib, "read_metrics", lambda wd: rows[wd])
     monkeypatch.setattr(compute, "read_metrics", lambda wd: rows[wd])
@@ -84,14 +87,20 @@ def test_summary_means_paired_intervals_x_and_y_by_hand(tmp_path, monkeypatch):
     for seed, tokens in x.items():
         assert reach["per_seed"][seed]["tokens"] == pytest.approx(tokens)
     assert reach["token_fraction"]["mean"] == pytest.approx(np.mean(list(x.values())) / 6000)
-    # Y: (SLM FLOPs at its first evaluation <= CLM's final + reference training 2e9 + scoring 1.5e9) / CLM's 6e9.
-    y = [(3e9 + 3.5e9) / 6e9, (6e9 + 3.5e9) / 6e9, (3e9 + 3.5e9) / 6e9]
+    # Y: (SLM FLOPs at the crossing, interpolated as X is (1e6 FLOPs per token here) + reference training 2e9
+    # + scoring 1.5e9) / CLM's 6e9.
+    y = [(tokens * 1e6 + 3.5e9) / 6e9 for tokens in x.values()]
     assert [v["compute"]["y"] for v in reach["per_seed"].values()] == pytest.approx(y)
     assert reach["y"]["mean"] == pytest.approx(np.mean(y)) and reach["reached"] == 3
     assert s["reach"]["random"]["reached"] == 0 and s["reach"]["random"]["y"]["mean"] is None
     assert not s["reach"]["random"]["uses_reference"]
 
+    assert s["proportions"] == {"reference_x_clm": pytest.approx(2e9 / 6e9), "scoring_x_clm": pytest.approx(0.25)}
+    assert s["leakage"] == {"shared_problems": 0, "problems": {"reference": 54}}  # the file lists stay in leakage.json
+    assert s["matched"] == {}
+
     text = demo.table_text(s)
+    assert "Y = X + r + s = X + 0.583" in text and "0 CHAMP problems shared" in text
     assert f"Y = {np.mean(y):.2f} ± {np.std(y, ddof=1):.2f}x CLM's FLOPs" in text
     assert "random does not reach CLM's final held-out champ_clean loss in any of 3 seeds" in text
     # SLM wins the held-out loss here, loses in compute (Y > 1), and the report says so.

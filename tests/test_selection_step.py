@@ -1,6 +1,8 @@
 """The selection plug-ins inside the sharded train step: each changes the update when switched on,
 target_loss runs without a reference, and the EMA reference lives (and is checkpointed) in the state."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from test_train_step import max_diff, mesh_of, packed_batch, run_steps, tiny_con
 from rho_jax.batch import INPUT_KEYS
 from rho_jax import checkpoint as ckpt
 from rho_jax import config as config_lib
-from rho_jax import loop, model, sharding, train
+from rho_jax import loop, model, objective, sharding, train
 
 MESH = (2, 2, 2)
 
@@ -81,9 +83,9 @@ def test_ema_reference_is_the_ema_before_each_update(shape):
     for t in range(1, 4):
         want = jax.tree.map(lambda e, p: d * e + (1 - d) * p, emas[t - 1], params[t])
         assert max_diff(emas[t], want) <= 1e-6
-    # the same updates from an online reference that holds the EMA of the step before
+    # the same updates from an online reference that holds the EMA of the step before (and breaks ties as it)
     c_on = tiny_config(mode="slm", reference="online", score="reverse_excess", ratio=0.5)
-    spec_on = train.StepSpec.from_config(c_on, m_cfg, m_cfg)
+    spec_on = dataclasses.replace(train.StepSpec.from_config(c_on, m_cfg, m_cfg), random_ties=True)
     step_on = train.compile_train_step(spec_on, tx, mesh)
     s_on = train.init_state(spec_on, tx, mesh, jax.random.PRNGKey(0))
     for t, b in enumerate(batches):
@@ -126,3 +128,28 @@ def test_plugin_config_errors_name_the_field(fields, match):
     c = tiny_config(mode="slm", **fields)
     with pytest.raises(config_lib.ConfigError, match=match):
         config_lib.validate(c)
+
+
+def test_ema_reference_breaks_the_first_steps_ties_at_random():
+    """At step 0 the EMA equals the target, so every score is 0: the flat index would select the first rows
+    whole; random ties (the run's rng) spread the selection over the rows, still exactly k tokens."""
+    c = tiny_config(mode="slm", reference="ema", score="reverse_excess", ratio=0.5)
+    m_cfg = config_lib.model_config(c)
+    spec = train.StepSpec.from_config(c, m_cfg, None)
+    assert spec.random_ties and not train.StepSpec.from_config(tiny_config(mode="slm"), m_cfg, m_cfg).random_ties
+    mesh = mesh_of((1, 1, 1))
+    tx = train.make_optimizer(c.train)
+    state = train.init_state(spec, tx, mesh, jax.random.PRNGKey(0))
+    batch = packed_batch(0)
+    picked = {}
+    for ties in (False, True):
+        s = dataclasses.replace(spec, random_ties=ties)
+        *_, weight_BxL, stats = jax.jit(lambda p, e, r, s=s: train.loss_and_grads(s, p, batch, 0, r, e))(
+            state.params, state.ema_params, jax.random.PRNGKey(1))
+        assert float(stats["threshold"]) == 0.0  # EMA == target: every score is 0
+        picked[ties] = np.asarray(weight_BxL).sum(axis=1)
+    _, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
+    k = int(objective.compute_k(int(np.sum(valid_BxL)), 0.5))
+    assert picked[False].sum() == picked[True].sum() == k
+    assert picked[False][-3:].sum() == 0  # by index: the first rows only
+    assert (picked[True] > 0).all()  # at random: every row has selected tokens

