@@ -4,7 +4,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 LOCK := requirements/lock.txt
 
-.PHONY: install demo test bench bench-peer bench-accelerator lock clean
+.PHONY: install demo test bench bench-peer bench-profile bench-accelerator lock clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -47,6 +47,11 @@ lock:
 bench-peer: $(STAMP)
 	$(VENV)/bin/rho-jax bench --peer --config=configs/bench_tiny.py $(ARGS)
 	$(VENV)/bin/rho-jax bench --peer --config=configs/bench_demo.py $(ARGS)
+
+# Op-level profile of one step, rho-jax and the peer, grouped alike (the BENCHMARKS.md profile table).
+bench-profile: $(STAMP)
+	$(VENV)/bin/python scripts/profile_step.py configs/bench_demo.py $(ARGS)
+	$(VENV)/bin/python scripts/profile_step.py configs/bench_tiny.py $(ARGS)
 
 # The lent GPU/TPU: rho-jax's four modes and the peer in one call, rows with MFU into BENCHMARKS.md.
 bench-accelerator:

@@ -56,14 +56,20 @@ def shift_targets(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array) -> tuple[ja
     return targets_BxL, valid_BxL
 
 
+@jax.named_scope("cross_entropy")  # names its ops in profiles (scripts/profile_step.py)
 def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
     """Per-token CE in nats, f32 [B, L]: logsumexp(logits) - logits[target], computed in f32."""
     logits = logits_BxLxV.astype(jnp.float32)
     lse_BxL = jax.nn.logsumexp(logits, axis=-1)
-    tgt_BxL = jnp.take_along_axis(logits, targets_BxL[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    # logits[target] as a masked sum, exact (one term, zeros elsewhere): XLA CPU fuses the select into the
+    # reduction and its backward into the softmax's, where take_along_axis costs a gather and a scatter-add
+    vocab_BxLxV = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    is_target = vocab_BxLxV == targets_BxL[..., None].astype(jnp.int32)
+    tgt_BxL = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
     return lse_BxL - tgt_BxL
 
 
+@jax.named_scope("token_entropy")  # names its ops in profiles (scripts/profile_step.py)
 def token_entropy(logits_BxLxV: jax.Array) -> jax.Array:
     """Entropy of the predictive distribution in nats, f32 [B, L]."""
     logp = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
@@ -71,6 +77,7 @@ def token_entropy(logits_BxLxV: jax.Array) -> jax.Array:
     return -jnp.sum(p * jnp.where(p > 0, logp, 0.0), axis=-1)
 
 
+@jax.named_scope("cross_entropy")  # names its ops in profiles (scripts/profile_step.py)
 def chunked_cross_entropy(h_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array,
                           chunk_size: int, with_entropy: bool = False):
     """CE (and entropy) of logits = h @ w without materialising f32 [B, L, V] logits.
