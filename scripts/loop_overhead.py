@@ -82,7 +82,7 @@ def main():
     for r in range(a.rounds + 1):  # round 0 compiles and warms up
         for mode in modes:
             tok_s = {}
-            for name, module in loops.items():
+            for name, module in (reversed if r % 2 else iter)(list(loops.items())):  # alternate the order
                 c = mode_config(config, mode, a.steps, os.path.join(tmp, f"{mode}{r}{name.replace(' ', '_')}"))
                 tok_s[name] = module.run(c, make_input=RandomBatches, trainer=trainers[mode])["tokens_per_s"]
             ts = []
