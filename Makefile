@@ -4,7 +4,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 LOCK := requirements/lock.txt
 
-.PHONY: install demo test bench bench-peer bench-accelerator compile-real lock clean
+.PHONY: install demo test bench bench-peer bench-profile bench-accelerator compile-real lock clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -59,6 +59,11 @@ compile-real: $(STAMP)
 	  $(VENV)/bin/rho-jax compile --config=configs/$$c.py --topology=$$t $(ARGS) | grep '^| [a-z]' \
 	    | sed "s/^| /| $$c | /" || true; \
 	done
+
+# Op-level profile of one step, rho-jax and the peer, grouped alike (the BENCHMARKS.md profile table).
+bench-profile: $(STAMP)
+	$(VENV)/bin/python scripts/profile_step.py configs/bench_demo.py $(ARGS)
+	$(VENV)/bin/python scripts/profile_step.py configs/bench_tiny.py $(ARGS)
 
 # The lent GPU/TPU: rho-jax's four modes and the peer in one call, rows with MFU into BENCHMARKS.md.
 bench-accelerator:

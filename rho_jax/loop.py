@@ -6,7 +6,8 @@ Order of work in `run`:
   3. build the mesh, the (lazily compiled) step and the TrainState, restored read-only from the
      latest good checkpoint onto this mesh, with the input position and counters; build the
      input and check its vocabulary against the model;
-  4. only now write to the workdir; step; log metrics at every log step; save at the interval;
+  4. only now write to the workdir; step (rho_jax.step_loop: step n+1 is dispatched before step n's
+     metrics are read, so the host never syncs per step); log metrics at every log step; save at the interval;
      on SIGTERM or a preemption notice save at the next step boundary, wait for the save, and
      return (exit 0); on a non-finite loss stop with an error naming the step (or skip it).
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from typing import Any, Callable, Iterator
 
 import jax
@@ -25,14 +25,11 @@ from jax.experimental import multihost_utils
 
 from rho_jax import checkpoint as ckpt
 from rho_jax import config as config_lib
-from rho_jax import flops, losses, paths, sharding, train
+from rho_jax import flops, paths, sharding, train
 from rho_jax.data import inputs
 from rho_jax.distributed import maybe_initialize
 from rho_jax.metrics import Counters, MetricsWriter
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
+from rho_jax.step_loop import NonFiniteLossError, StepLoop  # noqa: F401 - loop.NonFiniteLossError
 
 
 def build_models(config):
@@ -138,7 +135,12 @@ class Trainer:
         return out
 
     def train_step(self, state, batch):
+        """Dispatches one step (asynchronously): (state, metrics) as jax.Arrays still being computed."""
         return self.step_fn(state, batch, self.ref_params)
+
+    def read_metrics(self, metrics) -> dict:
+        """The step's metrics on the host: waits for that step (and only it) to finish."""
+        return jax.device_get(metrics)
 
 
 def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None = None,
@@ -201,72 +203,9 @@ def _run(config, make_input, trainer, preempt) -> dict:
     write_run_files(workdir, config, trainer.spec.model)
     _trim_metrics(workdir, restored[2] if restored is not None else 0)
     writer = MetricsWriter(workdir)
-    batch_tokens = tc.batch_size * config.data.seq_len
-    flops_per_step = batch_tokens * sum(trainer.stage_flops.values())
     step = int(state.step)
-    row: dict = {}
-    last_eval: dict = {}
-
-    def evaluate(params) -> dict:
-        out = {f"eval_loss/{name}": losses.heldout_loss(trainer.spec.model, params, ex, config.eval.batch_size,
-                                                        config.objective.ce_chunk) for name, ex in heldout.items()}
-        if out:
-            out["eval_loss"] = next(iter(out.values()))
-        return out
-
-    def save(step, force=False):
-        meta = {"input": batches.get_state(), "counters": counters.to_dict()}
-        checkpointer.save(step, state, meta, eval_loss=last_eval.get("eval_loss"), force=force)
-
-    t_last, steps_since = time.perf_counter(), 0
-    while step < tc.steps:
-        batch = trainer.global_batch(next(batches))
-        state, metrics = trainer.train_step(state, batch)
-        step += 1
-        steps_since += 1
-        metrics = jax.device_get(metrics)  # one small sync per step: NaN check and exact token counters
-        if not metrics["finite"]:
-            if tc.nan_policy == "stop":
-                writer.write(step, metrics)
-                checkpointer.wait()  # the last good checkpoint is complete before we report it
-                last = checkpointer.latest_step()
-                checkpointer.close()
-                writer.close()
-                kept = (f"the last good checkpoint (step {last} in {checkpointer.directory}) is kept"
-                        if last is not None else "no checkpoint had been written yet")
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient at step {step} (loss={metrics['loss']}, grad_norm="
-                    f"{metrics['grad_norm']}); the update was not applied and {kept}. "
-                    f"Set config.train.nan_policy='skip' to skip such updates instead.")
-            print(f"WARNING: non-finite loss or gradient at step {step}: update skipped (nan_policy='skip')",
-                  flush=True)
-        counters.tokens_processed += batch_tokens
-        counters.tokens_selected += int(metrics["n_selected"])
-        counters.add_step(trainer.stage_flops, batch_tokens)
-        log_now = step % tc.log_every == 0 or step == tc.steps
-        eval_now = bool(heldout) and (step % config.eval.every == 0 or step == tc.steps)
-        if log_now or eval_now:
-            dt = time.perf_counter() - t_last
-            row = dict(metrics)
-            row.update(counters.to_dict(), tokens_per_s=steps_since * batch_tokens / dt,
-                       lr=float(train.learning_rate_schedule(tc)(step - 1)))
-            mfu = flops.mfu(steps_since * flops_per_step / dt, jax.device_count(), trainer.peak)
-            if mfu is not None:
-                row["mfu"] = mfu
-            if eval_now:
-                last_eval = evaluate(state.params)
-                row.update(last_eval)
-            row = writer.write(step, row)
-            t_last, steps_since = time.perf_counter(), 0  # eval time never counts as training time
-        if checkpointer.should_save(step) or step == tc.steps:
-            save(step, force=step == tc.steps)
-        if preempt.requested or checkpointer.reached_preemption(step):
-            print(f"preemption requested: saving a checkpoint at step {step}", flush=True)
-            save(step, force=True)
-            checkpointer.wait()
-            print(f"preempted: saved checkpoint at step {step} in {checkpointer.directory}; exiting cleanly",
-                  flush=True)
-            break
+    steps = StepLoop(config, trainer, batches, checkpointer, writer, counters, heldout, preempt)
+    state, step, row = steps.run(state, step)
     checkpointer.close()
     writer.close()
     if step >= tc.steps:

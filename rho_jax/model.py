@@ -108,6 +108,7 @@ class RMSNorm(nn.Module):
         return (x32 * scale).astype(self.dtype)
 
 
+@jax.named_scope("rope")  # names its ops in profiles (scripts/profile_step.py)
 def rope(x_BxLxHxK, positions_BxL, theta: float):
     """HF rotate_half RoPE: pairs dimension i with i + K/2. Computed in f32."""
     hd = x_BxLxHxK.shape[-1]
@@ -120,6 +121,7 @@ def rope(x_BxLxHxK, positions_BxL, theta: float):
     return out.astype(x_BxLxHxK.dtype)
 
 
+@jax.named_scope("attention_mask")  # names its ops in profiles (scripts/profile_step.py)
 def attention_mask(q_idx_BxT, k_idx_BxS, q_seg_BxT, k_seg_BxS, window: int):
     """True where query t may attend key s: causal, same segment, inside the sliding window."""
     q, k = q_idx_BxT[:, :, None], k_idx_BxS[:, None, :]
@@ -129,18 +131,23 @@ def attention_mask(q_idx_BxT, k_idx_BxS, q_seg_BxT, k_seg_BxS, window: int):
     return mask  # [B, T, S]
 
 
+@jax.named_scope("attention_core")  # names its ops in profiles (scripts/profile_step.py)
 def _attend_xla(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS):
+    # GQA heads folded into the batch (K/V repeated to every query head): plain batched [T, K] x [K, S] dots
+    # over B*H. XLA CPU runs these about 1.3-2x faster (forward + backward) than the grouped
+    # [B, G, R, T, S] einsum, which needs layout transposes around each dot; equal up to f32 rounding.
     b, t, h, hd = q_BxTxHxK.shape
-    g = k_BxSxGxK.shape[2]
-    q = q_BxTxHxK.reshape(b, t, g, h // g, hd)
-    logits = jnp.einsum("btgrk,bsgk->bgrts", q, k_BxSxGxK, preferred_element_type=jnp.float32)
+    r = h // k_BxSxGxK.shape[2]
+    k_BxSxHxK = jnp.repeat(k_BxSxGxK, r, axis=2)  # query head j reads kv head j // r, as the grouped form
+    v_BxSxHxK = jnp.repeat(v_BxSxGxK, r, axis=2)
+    logits = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32)
     logits = logits / jnp.sqrt(jnp.float32(hd))
-    logits = jnp.where(mask_BxTxS[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.where(mask_BxTxS[:, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v_BxSxGxK.dtype)
-    out = jnp.einsum("bgrts,bsgk->btgrk", probs, v_BxSxGxK)
-    return out.reshape(b, t, h, hd)
+    return jnp.einsum("bhts,bshk->bthk", probs, v_BxSxHxK)
 
 
+@jax.named_scope("attention_core")  # names its ops in profiles (scripts/profile_step.py)
 def _attend_xla_chunked(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, chunk: int):
     """`_attend_xla` over query blocks of `chunk` rows (T must divide into them), each under jax.checkpoint:
     peak score memory is [B, H, chunk, S] in the forward and the backward; exact (softmax is per query)."""
@@ -331,6 +338,7 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens, positions=None, seg
     return h
 
 
+@jax.named_scope("lm_head")  # names its ops in profiles (scripts/profile_step.py)
 def logits_from_hidden(cfg: ModelConfig, params: Params, h_BxLxD) -> jax.Array:
     w_DxV = head_kernel(cfg, params).astype(cfg.compute_dtype)
     logits = jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)

@@ -58,6 +58,7 @@ def shift_targets(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array) -> tuple[ja
     return targets_BxL, valid_BxL
 
 
+@jax.named_scope("cross_entropy")  # names its ops in profiles (scripts/profile_step.py)
 def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
     """Per-token CE in nats, f32 [B, L]: logsumexp(logits) - logits[target], computed in f32."""
     logits = logits_BxLxV.astype(jnp.float32)
@@ -66,6 +67,7 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
     return lse_BxL - tgt_BxL
 
 
+@jax.named_scope("token_entropy")  # names its ops in profiles (scripts/profile_step.py)
 def token_entropy(logits_BxLxV: jax.Array) -> jax.Array:
     """Entropy of the predictive distribution in nats, f32 [B, L]."""
     logp = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
@@ -73,6 +75,7 @@ def token_entropy(logits_BxLxV: jax.Array) -> jax.Array:
     return -jnp.sum(p * jnp.where(p > 0, logp, 0.0), axis=-1)
 
 
+@jax.named_scope("cross_entropy")  # names its ops in profiles (scripts/profile_step.py)
 def chunked_cross_entropy(h_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array,
                           chunk_size: int, with_entropy: bool = False):
     """CE (and entropy) of logits = h @ w without materialising f32 [B, L, V] logits.

@@ -193,17 +193,18 @@ def train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainSta
     # reference='ema' scores with the EMA from before this update
     loss, grads, ce_BxL, weight_BxL, stats = loss_and_grads(spec, state.params, batch, state.step, sel_rng,
                                                             state.ema_params)
-    grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
-    updates, new_opt = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-    new_ema = state.ema_params
-    if spec.ema:
-        d = spec.ema_decay
-        new_ema = keep(jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, new_params), state.ema_params)
-    new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
-                           opt_state=keep(new_opt, state.opt_state), rng=rng, ema_params=new_ema)
+    with jax.named_scope("optimizer"):  # names its ops in profiles (scripts/profile_step.py)
+        grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
+        updates, new_opt = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_ema = state.ema_params
+        if spec.ema:
+            d = spec.ema_decay
+            new_ema = keep(jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, new_params), state.ema_params)
+        new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
+                               opt_state=keep(new_opt, state.opt_state), rng=rng, ema_params=new_ema)
 
     _, valid_BxL = valid_positions(spec, batch)  # after Goldfish: n_valid counts trainable targets
     n_valid = jnp.sum(valid_BxL)

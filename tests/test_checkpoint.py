@@ -171,3 +171,62 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint_or_skips(t
     assert [(r["step"], r["finite"]) for r in rows] == [(1, 1), (2, 1), (3, 0), (4, 1), (5, 1)]
     assert (tmp_path / "skip" / "final" / ckpt.MODEL_CONFIG_FILE).exists()
     assert json.loads((tmp_path / "skip" / "config.json").read_text())["train"]["nan_policy"] == "skip"
+
+
+class RecordingTrainer(loop.Trainer):
+    """The real Trainer, noting the order in which the loop dispatches steps, copies batches and reads metrics."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.events = []
+
+    def global_batch(self, local_batch):
+        self.events.append("batch")
+        return super().global_batch(local_batch)
+
+    def train_step(self, state, batch):
+        self.events.append("dispatch")
+        return super().train_step(state, batch)
+
+    def read_metrics(self, metrics):
+        self.events.append("read")
+        return super().read_metrics(metrics)
+
+
+def in_flight_when_read(events) -> list[tuple[int, int]]:
+    """(step read, steps dispatched by then) for each metrics read, steps counted from 1."""
+    dispatched, read, out = 0, 0, []
+    for e in events:
+        dispatched += e == "dispatch"
+        if e == "read":
+            read += 1
+            out.append((read, dispatched))
+    return out
+
+
+@pytest.mark.slow
+def test_loop_runs_one_step_ahead_of_its_metrics_and_a_nan_still_stops_at_the_last_good_checkpoint(
+        tmp_path, prepared32):
+    # checkpoints at 3 and 6 only: step 4 (NaN) is read after step 5 was dispatched
+    stop = small_config(tmp_path, "stop", steps=6, prepared=prepared32)
+    stop.checkpoint.every = 3
+    stop.init.target = nan_target(tmp_path, stop, nan_step=4)
+    trainer = RecordingTrainer(stop)
+    with pytest.raises(loop.NonFiniteLossError, match=r"at step 4 .*last good checkpoint \(step 3 in "):
+        loop.run(stop, trainer=trainer)
+    assert ckpt.Checkpointer(stop.workdir).all_steps() == [3]
+    assert [(r["step"], r["finite"]) for r in read_metrics(stop.workdir)] == [(1, 1), (2, 1), (3, 1), (4, 0)]
+    reads = in_flight_when_read(trainer.events)
+    assert reads == [(1, 2), (2, 3), (3, 3), (4, 5)]  # steps 3 (a save) and 6 are read before going on
+    assert all(dispatched <= step + 1 for step, dispatched in reads)  # at most one step beyond the one read
+    assert trainer.events[:5] == ["batch", "dispatch", "batch", "dispatch", "batch"]  # batch n+1 copied while n runs
+
+    skip = small_config(tmp_path, "skip", steps=6, prepared=prepared32)
+    skip.checkpoint.every = 3
+    skip.init.target, skip.train.nan_policy = stop.init.target, "skip"
+    trainer.events.clear()
+    out = loop.run(skip, trainer=trainer)
+    assert out["step"] == 6 and out["tokens_processed"] == 6 * 8 * 32  # exact counters, every step counted once
+    assert [r["finite"] for r in read_metrics(skip.workdir)] == [1, 1, 1, 0, 1, 1]
+    assert in_flight_when_read(trainer.events) == [(1, 2), (2, 3), (3, 3), (4, 5), (5, 6), (6, 6)]
+    assert ckpt.Checkpointer(skip.workdir).all_steps() == [3, 6]
