@@ -24,10 +24,10 @@ Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
   8.60 GFLOP/token executed (model 6.76: train 6.76; remat recompute (full) 1.84) = 6.88e+20 FLOPs -> 37.9 h.
   Offline scoring (reference forward): 2.25 GFLOP/token = 1.8e+20 FLOPs -> 9.9 h.
 
-Exact global selection, per chip (compiled step's memory analysis on 64 simulated devices, CPU compiler's
-buffer assignment; `python scripts/selection_memory.py --config=configs/general_631_slm.py`, 2026-11-30):
-  (a) grad_accum=4 + no-grad selection pass, remat dots_with_no_batch_dims: 11.5 GiB, 9.33 GFLOP/token executed
-  (b) grad_accum=1, one pass, remat full, attention_chunk=256 (this config): 7.5 GiB, 9.20 GFLOP/token executed
+Per chip, from XLA's TPU compiler (`rho-jax compile --config=configs/general_631_slm.py`, libtpu 0.0.42.1,
+2026-12-06): this config (grad_accum=1, one pass, remat full, attention_chunk=256): train step 5.13 GiB of
+16 on v5litepod-64 (5.71 of 32 on v4-128), 9.43 GFLOP/token executed. remat dots_with_no_batch_dims_saveable
+would execute 8.00 GFLOP/token but needs 15.73 GiB of the 16: too close to the limit to ship.
 The reference (your general-data model) trains outside these configs: add its training FLOPs for the
 whole-pipeline cost, as configs/tinyllama_owm_slm.py's estimate does with its REFERENCE.
 """

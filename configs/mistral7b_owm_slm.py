@@ -13,15 +13,16 @@ Full sequence: as in configs/tinyllama_owm_slm.py (prepare on Dataflow, score on
 --config=configs/mistral7b_owm_slm.py.
 
 Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
-  v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 15.00B tokens x 57.96
-  GFLOP/token executed (model 45.88: train 45.88; remat recompute (full) 12.07) = 8.69e+20 FLOPs -> 20.6 h.
-  Offline scoring (reference forward): 15.29 GFLOP/token = 2.29e+20 FLOPs -> 5.4 h. Whole pipeline: reference
-  training 7.08e+19 (v5p-128) + scoring 2.29e+20 + SLM 8.69e+20 = 1.17e+21 FLOPs -> 27.6 h.
+  v5p-128 (64 chips x 459 TFLOP/s bf16 peak) at an assumed 40% of peak on executed FLOPs: 15.00B tokens x 47.76
+  GFLOP/token executed (model 45.88: train 45.88; remat recompute (dots_with_no_batch_dims_saveable) 1.87) =
+  7.16e+20 FLOPs -> 16.9 h. Offline scoring (reference forward): 15.29 GFLOP/token = 2.29e+20 FLOPs -> 5.4 h.
+  Whole pipeline: reference training 7.08e+19 (v5p-128) + scoring 2.29e+20 + SLM 7.16e+20 = 1.02e+21 FLOPs ->
+  24.0 h.
 
-Exact global selection, per chip (compiled step's memory analysis on 64 simulated devices, CPU compiler's
-buffer assignment; `python scripts/selection_memory.py --config=configs/mistral7b_owm_slm.py`, 2026-11-30):
-  (a) grad_accum=2 + no-grad selection pass, remat dots_with_no_batch_dims: 66.7 GiB, 62.51 GFLOP/token executed
-  (b) grad_accum=1, one pass, remat full, attention_chunk=512 (this config): 24.6 GiB, 62.25 GFLOP/token executed
+Per chip, from XLA's TPU compiler (`rho-jax compile --config=configs/mistral7b_owm_slm.py`, libtpu 0.0.42.1,
+2026-12-06; BENCHMARKS.md has every program and the collectives), grad_accum=1 (one pass), attention_chunk=512:
+  remat dots_with_no_batch_dims_saveable (this config): 59.19 GiB of 95 on v5p-128, 52.59 GFLOP/token executed
+  remat full: 20.75 GiB (20.31 of 32 on v6e-64), 62.79 GFLOP/token: 19% more work; use it on 32 GiB chips
 """
 
 from rho_jax.config import base_config
@@ -43,8 +44,9 @@ def get_config():
                    sliding_window=4096, arch="mistral")
     c.model.dtype = "bfloat16"  # bf16 compute; master weights and Adam state stay f32
     # One pass over the whole per-chip batch (4 rows) feeds both the exact top-k and the gradient: no selection
-    # forward. Full remat recomputes the layers instead; chunked attention keeps [4, H, L, L] scores from existing.
-    c.model.remat = "full"
+    # forward. Only the attention dots are recomputed (XLA:TPU: 59 GiB per chip); chunked attention keeps
+    # [4, H, L, L] scores from existing.
+    c.model.remat = "dots_with_no_batch_dims_saveable"  # 59 GiB of 95 on v5p; "full" on 32 GiB chips (docstring)
     c.model.attention_chunk = 512  # query blocks of 512 rows (see the docstring for the measured memory)
     c.model.attention = "xla"  # cudnn is GPU-only
     c.objective.mode = "slm"  # selective language modeling
@@ -58,7 +60,7 @@ def get_config():
     c.data.score_cache = f"{BUCKET}/mistral7b-owm/scores"  # written by `rho-jax score`
     c.train.batch_size = 256  # x 4096 = 1M tokens per step
     c.train.steps = TOKENS // (c.train.batch_size * c.data.seq_len)  # 14305 steps = 15.0B tokens
-    c.train.grad_accum = 1  # 4 sequences per chip in one pass: 24.6 GiB of 95 (grad_accum=2 + selection: 66.7)
+    c.train.grad_accum = 1  # 4 sequences per chip in one pass: 59.19 GiB of 95 (XLA:TPU, see the docstring)
     c.train.lr = 2e-5  # paper
     c.train.warmup_steps = 100  # not stated in the paper: ~0.7% of the run
     c.train.peak_flops = 459e12  # v5p bf16 peak per chip, for MFU

@@ -28,13 +28,14 @@ Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
   scoring (reference forward): 2.25 GFLOP/token = 3.38e+19 FLOPs -> 5.3 h. Whole pipeline: reference training
   1.06e+19 (v4-32) + scoring 3.38e+19 + SLM 1.29e+20 = 1.73e+20 FLOPs -> 27.4 h.
 
-Exact global selection, per chip (compiled step's memory analysis on 16 simulated devices, CPU compiler's
-buffer assignment; `python scripts/selection_memory.py`, 2026-11-30; executed GFLOP/token from rho_jax.estimate):
-  (a) grad_accum=8 + no-grad selection pass, remat dots_with_no_batch_dims: 21.0 GiB, 9.33 GFLOP/token
-  (b) grad_accum=1, one pass, remat full, attention_chunk=256 (this config): 25.5 GiB, 9.20 GFLOP/token
-      remat full without chunked attention: 77.8 GiB; dots_with_no_batch_dims + chunk 256: 116 GiB (do not fit)
-(b) removes the selection pass (model FLOPs 9.01 -> 6.76) but recomputes the layers' forward under remat, so
-the executed work drops only 1.4%; it also all-gathers the FSDP weights once per step instead of per micro-batch.
+Per chip, from XLA's TPU compiler (`rho-jax compile --config=configs/tinyllama_owm_slm.py`, libtpu 0.0.42.1,
+2026-12-06; BENCHMARKS.md has every program and the collectives):
+  this config (grad_accum=1, one pass, remat full, attention_chunk=256): train step 18.17 GiB of 32 on v4-32,
+  9.43 GFLOP/token executed; `rho-jax score` 5.81 GiB (before the GQA heads were folded into the batch in
+  attention: 19.17 and 6.06 GiB; 17.29 on v6e-16)
+  remat dots_with_no_batch_dims_saveable instead: 55.27 GiB, does not fit (it would save 15% of the FLOPs)
+One pass removes the selection pass (model FLOPs 9.01 -> 6.76) but recomputes the layers' forward under remat;
+it also all-gathers the FSDP weights once per step instead of per micro-batch.
 """
 
 from rho_jax.config import base_config
@@ -58,7 +59,7 @@ def get_config():
     # Exact global selection in ONE pass: the whole per-chip batch (32 rows) goes through one forward whose CE
     # feeds both the top-k and the gradient, so there is no separate selection forward. That needs full remat
     # (the layer forward is recomputed in the backward instead) and query-chunked attention (no [32, H, L, L]
-    # scores): measured 25.5 GiB per chip of 32 (see the docstring); dots_with_no_batch_dims_saveable would need 116.
+    # scores): 18.17 GiB per chip of 32 under XLA:TPU; dots_with_no_batch_dims_saveable would need 55.27 (docstring).
     c.model.remat = "full"
     c.model.attention_chunk = 256  # query blocks of 256: the scores of 32 rows never exist whole
     c.model.attention = "xla"  # cudnn is GPU-only
@@ -73,7 +74,7 @@ def get_config():
     c.data.score_cache = f"{BUCKET}/tinyllama-owm/scores"  # written by `rho-jax score`, read in cached mode
     c.train.batch_size = 512  # x 2048 = 1M tokens per step (paper)
     c.train.steps = TOKENS // (c.train.batch_size * c.data.seq_len)  # 14305 steps = 15.0B tokens
-    c.train.grad_accum = 1  # 32 sequences per chip in one pass (grad_accum=8 + selection pass: see the docstring)
+    c.train.grad_accum = 1  # 32 sequences per chip in one pass: 18.17 GiB of 32 (XLA:TPU, see the docstring)
     c.train.lr = 8e-5  # paper
     c.train.warmup_steps = 100  # not stated in the paper: ~0.7% of the run
     c.train.peak_flops = 275e12  # v4 bf16 peak per chip, for MFU
