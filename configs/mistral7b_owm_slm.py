@@ -21,7 +21,7 @@ Estimate (rho_jax.estimate.summary(get_config(), SLICE); tests keep it in sync):
 
 Per chip, from XLA's TPU compiler (`rho-jax compile --config=configs/mistral7b_owm_slm.py`, libtpu 0.0.42.1,
 2026-12-06; BENCHMARKS.md has every program and the collectives), grad_accum=1 (one pass), attention_chunk=512:
-  remat dots_with_no_batch_dims_saveable (this config): 59.19 GiB of 95 on v5p-128, 52.59 GFLOP/token executed
+  remat dots_with_no_batch_dims_saveable (this config): 58.57 GiB of 95 on v5p-128, 52.59 GFLOP/token executed
   remat full: 20.75 GiB (20.31 of 32 on v6e-64), 62.79 GFLOP/token: 19% more work; use it on 32 GiB chips
 """
 
@@ -44,9 +44,9 @@ def get_config():
                    sliding_window=4096, arch="mistral")
     c.model.dtype = "bfloat16"  # bf16 compute; master weights and Adam state stay f32
     # One pass over the whole per-chip batch (4 rows) feeds both the exact top-k and the gradient: no selection
-    # forward. Only the attention dots are recomputed (XLA:TPU: 59 GiB per chip); chunked attention keeps
+    # forward. Only the attention dots are recomputed (XLA:TPU: 58.6 GiB per chip); chunked attention keeps
     # [4, H, L, L] scores from existing.
-    c.model.remat = "dots_with_no_batch_dims_saveable"  # 59 GiB of 95 on v5p; "full" on 32 GiB chips (docstring)
+    c.model.remat = "dots_with_no_batch_dims_saveable"  # 58.6 GiB of 95 on v5p; "full" on 32 GiB chips (docstring)
     c.model.attention_chunk = 512  # query blocks of 512 rows (see the docstring for the measured memory)
     c.model.attention = "xla"  # cudnn is GPU-only
     c.objective.mode = "slm"  # selective language modeling
@@ -60,7 +60,7 @@ def get_config():
     c.data.score_cache = f"{BUCKET}/mistral7b-owm/scores"  # written by `rho-jax score`
     c.train.batch_size = 256  # x 4096 = 1M tokens per step
     c.train.steps = TOKENS // (c.train.batch_size * c.data.seq_len)  # 14305 steps = 15.0B tokens
-    c.train.grad_accum = 1  # 4 sequences per chip in one pass: 59.19 GiB of 95 (XLA:TPU, see the docstring)
+    c.train.grad_accum = 1  # 4 sequences per chip in one pass: 58.57 GiB of 95 (XLA:TPU, see the docstring)
     c.train.lr = 2e-5  # paper
     c.train.warmup_steps = 100  # not stated in the paper: ~0.7% of the run
     c.train.peak_flops = 459e12  # v5p bf16 peak per chip, for MFU
