@@ -116,8 +116,11 @@ def test_mixture_mixes_components_by_rate(prepared, tmp_path):
     n_a, n_b = sum(d in a for d in got), sum(d in b for d in got)
     assert n_a + n_b == len(got)
     assert n_a == pytest.approx(3 * n_b, rel=0.05)
-    epoch = got[:r.epoch_rows]
-    assert len(set(epoch)) == len(epoch)  # no row twice within a mixture epoch
+    # no row twice within a mixture epoch: a content digest may repeat only as often as the sources hold it
+    # (packed rows of documents that open with the same CHAMP problem statement are identical)
+    available = collections.Counter(_all_rows(prepared) + _all_rows(other))
+    epoch = collections.Counter(got[:r.epoch_rows])
+    assert all(n <= available[d] for d, n in epoch.items()), [d for d, n in epoch.items() if n > available[d]]
 
 
 # ------------------------------------------------------------------------------------------- bad inputs
