@@ -68,36 +68,42 @@ def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def run(dc) -> dict:
-    """Runs (or reuses) every stage into dc.workdir; returns the summary (also <workdir>/report/summary.json)."""
-    t_start = time.perf_counter()
-    dc = paths.resolve_paths(dc)  # relative paths: against the directory the demo was started in
+def _check_stages(dc) -> None:
+    """Every stage's config, validated before any compute (one error line naming the stage)."""
     try:
         stages = ([] if dc.base.checkpoint else ["base"]) + ["reference"] + arms(dc)
         if not seeds(dc):
             raise config_lib.ConfigError(f"config.cpt.seeds={dc.cpt.seeds!r}: name at least one seed, e.g. '0,1,2'")
     except ValueError as e:  # ConfigError, or a seed that is not an integer
         raise config_lib.ConfigError(f"demo config.cpt: {e}") from None
-    for stage in stages:  # every stage's config, before any compute
+    for stage in stages:
         try:
             config_lib.validate(stage_config(dc, stage, reference_rows=dc.reference.batch_size), jax.device_count())
         except config_lib.ConfigError as e:
             group = "cpt" if stage in ARMS else stage
             raise config_lib.ConfigError(f"demo stage {stage} (from config.{group}, config.model, config.data): "
                                          f"{e}") from None
-    os.makedirs(dc.workdir, exist_ok=True)
-    timings_path = Path(dc.workdir) / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+
+
+def _timer(workdir: str):
+    """(timings, timed): timed(name, fn, keep=False) runs fn() and records its wall time in
+    <workdir>/timings.json, unless `keep` and a time is already recorded (a reused stage)."""
+    path = Path(workdir) / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
 
     def timed(name, fn, keep=False):
-        """fn(); its wall time is recorded unless `keep` and a time is already recorded (a reused stage)."""
         t0 = time.perf_counter()
         out = fn()
         if not (keep and name in timings):
             timings[name] = round(time.perf_counter() - t0, 1)
-            timings_path.write_text(json.dumps(timings, indent=1))
+            path.write_text(json.dumps(timings, indent=1))
         return out
 
+    return timings, timed
+
+
+def _prepare_stage(dc, timed) -> None:
+    """Stages 1-2: the demo vocabulary, every source prepared, then the leakage check."""
     _say("stage 1/8 tokenizer")
     if not dc.data.vocab:
         path = timed("tokenizer", demo_vocab_path, keep=True)  # shared by all workdirs, trained once
@@ -120,6 +126,9 @@ def run(dc) -> dict:
     _say(f"  leakage check: {leak['shared_problems']} CHAMP problems shared; problems per role "
          f"{leak['problems']}")
 
+
+def _model_stages(dc, timed) -> None:
+    """Stages 3-5: the base, the reference, and the scoring of the rows the runs read."""
     if dc.base.checkpoint:
         _say(f"stage 3/8 base: using {dc.base.checkpoint}")
     else:
@@ -147,6 +156,9 @@ def run(dc) -> dict:
     _say("  scores: " + ", ".join(f"{m['rows']} rows in {len(m['shards'])} shards of {m['prepared']}"
                                   for m in manifests))
 
+
+def _cpt_stage(dc, timed) -> None:
+    """Stage 6: every arm x seed run (a finished one is reused)."""
     todo = cpt_runs(dc)
     for i, (arm, seed) in enumerate(todo):
         cfg, name = stage_config(dc, arm, seed=seed), run_name(arm, seed)
@@ -159,6 +171,17 @@ def run(dc) -> dict:
              + (f", ratio {o.ratio}, score {o.score}, scope {o.scope}" if o.mode == "slm" else ""))
         timed(name, lambda: train_stage(cfg, name))
 
+
+def run(dc) -> dict:
+    """Runs (or reuses) every stage into dc.workdir; returns the summary (also <workdir>/report/summary.json)."""
+    t_start = time.perf_counter()
+    dc = paths.resolve_paths(dc)  # relative paths: against the directory the demo was started in
+    _check_stages(dc)  # every stage's config, before any compute
+    os.makedirs(dc.workdir, exist_ok=True)
+    timings, timed = _timer(dc.workdir)
+    _prepare_stage(dc, timed)
+    _model_stages(dc, timed)
+    _cpt_stage(dc, timed)
     _say("stage 7/8 eval")
     evals = timed("eval", lambda: evaluate_runs(dc, say=_say), keep=all(evaluated(dc)))
     _say("stage 8/8 report")
