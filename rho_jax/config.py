@@ -79,23 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
         peak_flops=0.0,  # per-device peak FLOP/s for MFU; 0 = look up the device kind
     ))
 
-    c.data = ml_collections.ConfigDict(dict(
-        seq_len=128,
-        source="math_noisy",  # registered SeqIO task/mixture, jsonl:GLOB, parquet:GLOB or mix:SPEC=RATE,...
-        vocab="",  # tokenizer path ('' = the demo SentencePiece vocabulary)
-        packing=True,  # pack documents with segment ids; False pads one document per row
-        shuffle_seed=0,
-        score_cache="",  # directory of the offline score cache (reference=cached)
-        general_rate=0.3,  # math_noisy mixture: share of the general corpus
-        max_rows=0,  # > 0: use only the first N packed rows of the source (small runs)
-        text_field="text",  # jsonl:/parquet: sources: the field/column holding each document's text
-        prepared="",  # directory (local or gs://) of the prepared ArrayRecord rows (`rho-jax prepare`)
-        prepare_workers=2,  # local DirectRunner worker processes
-        prepare_shard_mb=256.0,  # input shard size: uncompressed JSONL byte ranges / parquet row-group runs
-        prepare_max_shards=0,  # > 0: prepare only the first N input shards of each component (small runs)
-        beam_args="",  # extra Beam pipeline options, e.g. "--runner=DataflowRunner --project=P ..."
-        split="train",  # the split `rho-jax prepare` reads of a registered SeqIO source
-    ))
+    c.data = data_config()
 
     c.checkpoint = ml_collections.ConfigDict(dict(
         every=50,  # steps between saves; 0 disables
@@ -112,6 +96,27 @@ def base_config() -> ml_collections.ConfigDict:
         prepared="",  # comma-separated prepared dirs (validation split), aligned with `sources`
     ))
     return c
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """`config.data`: the corpus, its tokenizer and packing, and how `rho-jax prepare` runs."""
+    return ml_collections.ConfigDict(dict(
+        seq_len=128,
+        source="math_noisy",  # registered SeqIO task/mixture, jsonl:GLOB, parquet:GLOB or mix:SPEC=RATE,...
+        vocab="",  # tokenizer path ('' = the demo SentencePiece vocabulary)
+        packing=True,  # pack documents with segment ids; False pads one document per row
+        shuffle_seed=0,
+        score_cache="",  # directory of the offline score cache (reference=cached)
+        general_rate=0.3,  # math_noisy mixture: share of the general corpus
+        max_rows=0,  # > 0: use only the first N packed rows of the source (small runs)
+        text_field="text",  # jsonl:/parquet: sources: the field/column holding each document's text
+        prepared="",  # directory (local or gs://) of the prepared ArrayRecord rows (`rho-jax prepare`)
+        prepare_workers=2,  # local DirectRunner worker processes
+        prepare_shard_mb=256.0,  # input shard size: uncompressed JSONL byte ranges / parquet row-group runs
+        prepare_max_shards=0,  # > 0: prepare only the first N input shards of each component (small runs)
+        beam_args="",  # extra Beam pipeline options, e.g. "--runner=DataflowRunner --project=P ..."
+        split="train",  # the split `rho-jax prepare` reads of a registered SeqIO source
+    ))
 
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
