@@ -20,6 +20,7 @@ killed mid-way is never listed as a step; its tmp dir is removed when the writer
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -243,16 +244,46 @@ class PreemptionWatcher:
 # --- model weights as Orbax checkpoints (for `rho-jax convert` and init.target / init.reference) ---
 
 MODEL_CONFIG_FILE = "model_config.json"
+MODEL_META_FILE = "model_meta.json"  # the model's identity, written at save time (`model_identity` reads it)
+MODEL_META_FORMAT = "rho_jax.model_meta/1"
 
 
-def save_model(cfg, params, directory: str) -> None:
-    """Writes params + the ModelConfig as an Orbax checkpoint directory (atomic: Orbax finalises by rename)."""
+def _host_chunks(x, max_bytes: int = 1 << 28):
+    """A leaf's bytes in C order, as host arrays. A multi-host array is gathered (every process must call),
+    one slice of its first axis at a time when large (stacked layers), so a host holds at most a slice."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        yield np.ascontiguousarray(np.asarray(x))
+    elif x.ndim == 0 or x.nbytes <= max_bytes:
+        yield np.ascontiguousarray(multihost_utils.process_allgather(x, tiled=True))
+    else:
+        for i in range(x.shape[0]):
+            yield np.ascontiguousarray(multihost_utils.process_allgather(x[i], tiled=True))
+
+
+def params_identity(params) -> str:
+    """sha256 of a parameter tree (paths, shapes, dtypes and bytes): a model's identity, which score caches
+    record. A pass over every weight: computed once when a model is saved (`save_model`), then read back."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        h.update(f"{jax.tree_util.keystr(path)}:{tuple(leaf.shape)}:{np.dtype(leaf.dtype)}".encode())
+        for chunk in _host_chunks(leaf):
+            h.update(chunk.reshape(-1).view(np.uint8))  # the raw bytes, without a copy
+    return "params-sha256:" + h.hexdigest()
+
+
+def save_model(cfg, params, directory: str, step: int | None = None) -> None:
+    """Writes params + the ModelConfig as an Orbax checkpoint directory (atomic: Orbax finalises by rename),
+    with model_meta.json: the config, the training step (None for a conversion) and `params_identity`,
+    computed here once so that a run using the model as its reference never re-reads the weights for it."""
     path = epath.Path(directory)
+    identity = params_identity(params)  # every process takes part (a multi-host array is gathered)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path / "params", params)
     ckptr.wait_until_finished()
     if jax.process_index() == 0:
-        (path / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        meta = {"format": MODEL_META_FORMAT, "identity": identity, "step": step, "config": dataclasses.asdict(cfg)}
+        (path / MODEL_META_FILE).write_text(json.dumps(meta, indent=1))
+        (path / MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=1))  # last: marks it whole
 
 
 def is_model_dir(directory: str) -> bool:
@@ -260,12 +291,17 @@ def is_model_dir(directory: str) -> bool:
     return (p / MODEL_CONFIG_FILE).exists() or (p / "final" / MODEL_CONFIG_FILE).exists()
 
 
+def _model_dir(directory: str) -> epath.Path:
+    """The model dir of `directory`: itself, or a training workdir's final/ model."""
+    p = epath.Path(directory)
+    # a training workdir (its top-level model_config.json describes the run): its final model
+    return p / "final" if (p / "final" / MODEL_CONFIG_FILE).exists() else p
+
+
 def restore_model_dir(directory: str, shardings=None):
     """(ModelConfig, params) from `save_model` output, or from a training workdir's final/ model.
     `shardings`: restore straight onto devices; None gives host arrays. Use `load_weights` for any format."""
-    p = epath.Path(directory)
-    if (p / "final" / MODEL_CONFIG_FILE).exists():
-        p = p / "final"  # a training workdir (its top-level model_config.json describes the run): its final model
+    p = _model_dir(directory)
     if not (p / MODEL_CONFIG_FILE).exists():
         raise CheckpointError(f"{directory} is not an Orbax model checkpoint (no {MODEL_CONFIG_FILE}, no final/); "
                               f"convert HF/GGUF weights with `rho-jax convert` or point at a finished workdir")
@@ -291,3 +327,32 @@ def load_weights(path: str, what: str, overrides: dict | None = None):
     else:
         cfg, params = interop.load_pretrained(path)
     return (cfg.replace(**overrides) if overrides else cfg), params
+
+
+def stored_identity(path: str) -> str | None:
+    """The identity `save_model` recorded in an Orbax model dir (or a workdir's final/); None where there is
+    none (an HF dir, a .gguf, an Orbax dir saved before model_meta.json existed). Reads one small file."""
+    if not is_model_dir(path):
+        return None
+    meta_path = _model_dir(path) / MODEL_META_FILE
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != MODEL_META_FORMAT:
+        raise CheckpointError(f"{meta_path} has format {meta.get('format')!r}, not {MODEL_META_FORMAT!r}; "
+                              f"re-create the model dir with `rho-jax convert`")
+    return meta["identity"]
+
+
+def model_identity(path: str, what: str, params=None) -> str:
+    """The identity of the model at `path` (what score caches record): the one saved with it, else (with a
+    one-line note) `params_identity` of its weights: `params` when the caller holds them, else loaded here."""
+    identity = stored_identity(path)
+    if identity is not None:
+        return identity
+    print(f"note: config.init.{what}={path} has no {MODEL_META_FILE} (an HF dir, a .gguf or an older Orbax dir), "
+          f"so its identity is a sha256 of every weight, read at each start; `rho-jax convert {path} DST "
+          f"--to=orbax` makes a model dir that records it", flush=True)
+    if params is None:
+        params = load_weights(path, what)[1]
+    return params_identity(params)

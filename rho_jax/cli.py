@@ -30,7 +30,7 @@ COMMANDS = {
     "score": "reference scores of the prepared rows, as score shards in config.data.score_cache (resumes)",
     "eval": "few-shot accuracy and held-out losses of a model",
     "analyze": "token categories, selected-token HTML and plots of a training or demo workdir",
-    "convert": "HF dir / GGUF -> Orbax model dir, or Orbax model dir -> HF dir",
+    "convert": "HF dir / GGUF / Orbax model dir -> Orbax model dir (with its identity), or Orbax -> HF dir",
     "bench": "step time, tokens/s, MFU and peak memory of CLM, SLM and scoring (--peer: beside a PyTorch peer)",
     "compile": "every program of a run compiled by XLA's TPU compiler for a slice, on any host: memory, FLOPs, "
                "collectives",

@@ -250,11 +250,8 @@ def _check_prepare(c) -> None:
         raise ConfigError(f"config.data.prepare_shard_mb={d.prepare_shard_mb} must be > 0")
 
 
-def check_compatible(c, target_cfg, ref_cfg=None) -> None:
-    """Checks that need the loaded models: vocabulary agreement and maximum positions."""
+def check_compatible(c, target_cfg) -> None:
+    """The check that needs the loaded target: maximum positions (vocabularies: data.vocab.check_vocabularies)."""
     if c.data.seq_len > target_cfg.max_positions:
         raise ConfigError(f"config.data.seq_len={c.data.seq_len} exceeds the target model's maximum positions "
                           f"({target_cfg.max_positions})")
-    if ref_cfg is not None and ref_cfg.vocab_size != target_cfg.vocab_size:
-        raise ConfigError(f"vocabulary mismatch: the reference model has vocab_size={ref_cfg.vocab_size} but the "
-                          f"target has {target_cfg.vocab_size}; score with a reference that shares the tokenizer")

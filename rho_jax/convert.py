@@ -1,4 +1,5 @@
-"""`rho-jax convert`: HF directory or GGUF -> Orbax model dir, and Orbax model dir -> HF directory."""
+"""`rho-jax convert`: HF directory, GGUF or Orbax model dir -> Orbax model dir (with model_meta.json, the
+identity a cached-mode run reads instead of hashing the weights), and Orbax model dir -> HF directory."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ def convert(src: str, dst: str, to: str = "orbax") -> None:
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"output directory {dst} is not empty; choose a new one")
     if to == "orbax":
-        cfg, params = interop.load_pretrained(src)
+        if ckpt.is_model_dir(src):  # an Orbax dir saved before model_meta.json existed gains it
+            cfg, params = ckpt.restore_model_dir(src)
+        else:
+            cfg, params = interop.load_pretrained(src)
         ckpt.save_model(cfg, params, dst)
     elif to == "hf":
         cfg, params = ckpt.restore_model_dir(src)

@@ -25,7 +25,8 @@ from rho_jax.batch import INPUT_KEYS
 from rho_jax.checkpoint import load_weights  # `checkpoint` names command()'s argument
 from rho_jax.config import ConfigError, base_config
 from rho_jax.data.corpora import eval_examples
-from rho_jax.data.inputs import heldout_dirs, heldout_rows, load_text_tokenizer, tokenizer_path
+from rho_jax.data.inputs import heldout_dirs, heldout_rows
+from rho_jax.data.vocab import load_text_tokenizer, tokenizer_path
 from rho_jax.distributed import is_primary
 from rho_jax.generate import greedy_generate
 

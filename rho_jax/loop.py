@@ -27,6 +27,7 @@ from rho_jax import checkpoint as ckpt
 from rho_jax import config as config_lib
 from rho_jax import flops, paths, sharding, train
 from rho_jax.data import inputs
+from rho_jax.data.vocab import check_vocabularies
 from rho_jax.distributed import maybe_initialize
 from rho_jax.metrics import Counters, MetricsWriter
 from rho_jax.step_loop import NonFiniteLossError, StepLoop  # noqa: F401 - loop.NonFiniteLossError
@@ -44,7 +45,8 @@ def build_models(config):
     o = config.objective
     if o.mode == "slm" and o.reference == "online" and config_lib.needs_ref(o.score):
         r_cfg, r_params = ckpt.load_weights(config.init.reference, "reference", overrides)
-    config_lib.check_compatible(config, t_cfg, r_cfg)
+    config_lib.check_compatible(config, t_cfg)
+    check_vocabularies(target=t_cfg.vocab_size, reference=r_cfg.vocab_size if r_cfg is not None else None)
     return t_cfg, t_params, r_cfg, r_params
 
 
@@ -190,10 +192,7 @@ def _run(config, make_input, trainer, preempt) -> dict:
         input_state, counters = meta.get("input"), Counters(**meta.get("counters", {}))
         print(f"resumed from checkpoint step {step} in {checkpointer.directory}", flush=True)
     batches = make_input(config, input_state)
-    vocab_size = getattr(batches, "vocab_size", None)
-    if vocab_size is not None and vocab_size > trainer.spec.model.vocab_size:
-        raise config_lib.ConfigError(f"vocabulary mismatch: the tokenizer has {vocab_size} ids but the target model's "
-                                     f"vocab_size is {trainer.spec.model.vocab_size}; set config.model.vocab_size")
+    check_vocabularies(tokenizer=getattr(batches, "vocab_size", None), target=trainer.spec.model.vocab_size)
     if restored is None:
         state = trainer.init_state()  # the first compute, after every check
     heldout = {}
@@ -209,11 +208,11 @@ def _run(config, make_input, trainer, preempt) -> dict:
     checkpointer.close()
     writer.close()
     if step >= tc.steps:
-        export_final(workdir, trainer.spec.model, state.params)
+        export_final(workdir, trainer.spec.model, state.params, step)
     return {"step": step, **row}
 
 
-def export_final(workdir: str, cfg, params) -> None:
+def export_final(workdir: str, cfg, params, step: int | None = None) -> None:
     """The final params as an Orbax model dir `<workdir>/final` (usable as init.target / init.reference).
 
     Every process takes part in the save (Orbax requires it); process 0 alone clears and renames. Locally
@@ -226,7 +225,7 @@ def export_final(workdir: str, cfg, params) -> None:
     if jax.process_index() == 0 and tmp.exists():
         tmp.rmtree()
     multihost_utils.sync_global_devices("rho_jax_export_final_start")
-    ckpt.save_model(cfg, params, str(tmp))
+    ckpt.save_model(cfg, params, str(tmp), step)
     multihost_utils.sync_global_devices("rho_jax_export_final_saved")
     if jax.process_index() == 0 and tmp != final:
         tmp.rename(final)

@@ -32,7 +32,8 @@ from tqdm import tqdm
 from rho_jax import checkpoint, flops, losses, score, sharding
 from rho_jax import config as config_lib
 from rho_jax.batch import INPUT_KEYS
-from rho_jax.data import inputs, reader, rows as rows_lib, scores as scores_lib
+from rho_jax.data import reader, rows as rows_lib, scores as scores_lib
+from rho_jax.data.vocab import check_vocabularies, tokenizer_vocab_size, vocabulary_identity
 
 
 class _Job(NamedTuple):
@@ -141,15 +142,13 @@ def run(config, progress: bool = True) -> list[dict]:
     reads); returns the score manifests (one per component)."""
     config_lib.validate(config, jax.device_count(), purpose="score")
     d = config.data
-    vocab_id = inputs.vocabulary_identity(d.vocab)
+    vocab_id = vocabulary_identity(d.vocab)
     comps = reader.open_components(d.prepared, seq_len=d.seq_len, vocab_identity=vocab_id, max_rows=d.max_rows)
     work = [(c, sdir) for c, (_, _, sdir, _) in zip(comps, scores_lib.component_dirs(d.prepared, d.score_cache))]
     ref_cfg, ref_params = checkpoint.load_weights(config.init.reference, "reference",
                                                   config_lib.runtime_overrides(config))
-    if ref_cfg.vocab_size < inputs.tokenizer_vocab_size(d.vocab):
-        raise config_lib.ConfigError(f"vocabulary mismatch: the tokenizer has more ids than the reference's "
-                                     f"vocab_size={ref_cfg.vocab_size}; score with a reference of this tokenizer")
-    identity = scores_lib.params_identity(ref_params)
+    check_vocabularies(tokenizer=tokenizer_vocab_size(d.vocab), reference=ref_cfg.vocab_size)
+    identity = checkpoint.model_identity(config.init.reference, "reference", ref_params)  # saved with it
     with_entropy = "entropy" in config.objective.score
     for _, sdir in work:  # refuse a directory holding another job's scores before any compute
         _check_cache_dir(sdir, identity, d.seq_len, with_entropy)

@@ -111,7 +111,7 @@ def versions() -> str:
 
 def cmd_corpus(args) -> dict:
     """Writes the corpus once (atomically); returns {"path", "documents", "tokens"}."""
-    from rho_jax.data import inputs
+    from rho_jax.data import vocab
     from rho_jax.interop.tokenizer import load_tokenizer
 
     path = corpus_path(args.tokens, suffix(args))
@@ -119,7 +119,7 @@ def cmd_corpus(args) -> dict:
     if path.exists() and meta.exists():
         return json.loads(meta.read_text())
     target = parse_count(args.tokens)
-    tok = load_tokenizer(str(inputs.tokenizer_path(vocab_file(args))))
+    tok = load_tokenizer(str(vocab.tokenizer_path(vocab_file(args))))
     base = base_documents()
     counts = [len(ids) + 1 for ids in tok.sp.encode(base)]  # + EOS, as prepare counts; the prefix is added below
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ def cmd_corpus(args) -> dict:
 
 
 def cmd_prepare(args) -> dict:
-    from rho_jax.data import inputs, prepare
+    from rho_jax.data import prepare, vocab
 
     corpus = cmd_corpus(args)
     out = prepared_path(args.tokens, args.seq_len, suffix(args))
@@ -152,8 +152,8 @@ def cmd_prepare(args) -> dict:
     v = vocab_file(args)
     t0 = time.perf_counter()
     with track_rss() as rss:
-        result = prepare.prepare(f"jsonl:{corpus['path']}", str(out), tokenizer=str(inputs.tokenizer_path(v)),
-                                 vocab_identity=inputs.vocabulary_identity(v), seq_len=args.seq_len,
+        result = prepare.prepare(f"jsonl:{corpus['path']}", str(out), tokenizer=str(vocab.tokenizer_path(v)),
+                                 vocab_identity=vocab.vocabulary_identity(v), seq_len=args.seq_len,
                                  workers=args.workers, shard_bytes=int(args.shard_mb * 2**20))
     seconds = time.perf_counter() - t0
     totals = result["components"][0][1]["totals"]

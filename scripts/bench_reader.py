@@ -52,11 +52,11 @@ def host_consumption() -> float:
 def read(args, rest) -> dict:
     import bench_data
 
-    from rho_jax.data import inputs, reader
+    from rho_jax.data import reader, vocab
 
     opt = _options(rest)
     prepared = bench_data.prepared_path(args.tokens, args.seq_len, bench_data.suffix(args))
-    vocab_id = inputs.vocabulary_identity(bench_data.vocab_file(args))
+    vocab_id = vocab.vocabulary_identity(bench_data.vocab_file(args))
     with bench_data.track_rss() as rss:
         t_start = time.perf_counter()
         comps = reader.open_components(prepared, seq_len=args.seq_len, vocab_identity=vocab_id)
@@ -85,12 +85,12 @@ def score(args, rest) -> dict:
 
     from rho_jax import checkpoint, config as config_lib, model, score_job
     from rho_jax import score as score_lib
-    from rho_jax.data import inputs, rows
+    from rho_jax.data import rows, vocab
 
     opt = _options(rest)
     tag, v = bench_data.suffix(args), bench_data.vocab_file(args)
     prepared = bench_data.prepared_path(args.tokens, args.seq_len, tag)
-    root, d, n_vocab = bench_data.bench_dir(), opt.ref_d_model, inputs.tokenizer_vocab_size(v)
+    root, d, n_vocab = bench_data.bench_dir(), opt.ref_d_model, vocab.tokenizer_vocab_size(v)
     ref_dir = root / f"reference-d{d}-v{n_vocab}-{args.seq_len}"
     out = root / f"scores-{args.tokens}-{args.seq_len}{tag}"
     c = config_lib.base_config()

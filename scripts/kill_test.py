@@ -63,13 +63,13 @@ def make_prepared(directory: Path, documents: int = 200, seq_len: int = 32, shar
     """A prepared directory (`rho-jax prepare` output) of CHAMP noisy-math documents [first, first + documents):
     real text, the demo vocabulary, about `shards` ArrayRecord shards. Reused when it exists."""
     sys.path.insert(0, str(ROOT))
-    from rho_jax.data import inputs, prepare, rows
+    from rho_jax.data import prepare, rows, vocab
 
     if not (directory / rows.MANIFEST).exists():
         directory.mkdir(parents=True, exist_ok=True)
         subset = make_jsonl(directory.parent / f"{directory.name}.jsonl", documents, first)
-        prepare.prepare(f"jsonl:{subset}", str(directory), tokenizer=str(inputs.tokenizer_path("")),
-                        vocab_identity=inputs.vocabulary_identity(""), seq_len=seq_len,
+        prepare.prepare(f"jsonl:{subset}", str(directory), tokenizer=str(vocab.tokenizer_path("")),
+                        vocab_identity=vocab.vocabulary_identity(""), seq_len=seq_len,
                         shard_bytes=subset.stat().st_size // shards + 1)
     return directory
 

@@ -21,11 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 import kill_test as kt  # noqa: E402
 
-from rho_jax.data import inputs, reader, rows  # noqa: E402
+from rho_jax.data import reader, rows, vocab  # noqa: E402
 from rho_jax.data.rows import DataError  # noqa: E402
 
 SEQ = 32
-VOCAB_ID = inputs.vocabulary_identity("")
+VOCAB_ID = vocab.vocabulary_identity("")
 
 
 def _digest(row_3xL) -> str:

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rho_jax.data import corpora, sources
+from rho_jax.data.documents import SkipReport
 from rho_jax.data.rows import DataError
 
 
@@ -25,11 +26,11 @@ def write_jsonl(path, records):
 
 
 def read_all(component, shard_bytes):
-    skipped, out = {}, []
+    report, out = SkipReport(), []
     shards = sources.plan(component, shard_bytes)
     for s in shards:
-        out += list(sources.documents(s, skipped))
-    return out, skipped, shards
+        out += list(sources.documents(s, report))
+    return out, report.counts, shards
 
 
 @pytest.mark.parametrize("shard_bytes", [13, 777, 4096, 50_000, 1 << 30])
@@ -70,18 +71,22 @@ def test_bad_records_are_counted_not_yielded(tmp_path):
              json.dumps({"text": None}).encode(), json.dumps({"text": 12}).encode(), b'{"text": "\\ud800 lone"}',
              b"{not json", b"[1, 2]", b"", json.dumps({"text": "good two"}).encode()]
     (tmp_path / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    skipped = {}
+    report = SkipReport()
     shard = sources.plan(sources.resolve(f"jsonl:{tmp_path}/bad.jsonl")[0])[0]
-    assert list(sources.documents(shard, skipped)) == ["good one", "good two"]
-    assert skipped == {"empty": 2, "invalid_utf8": 2, "missing_field": 3, "malformed_json": 2}
+    assert list(sources.documents(shard, report)) == ["good one", "good two"]
+    assert report.counts == {"empty": 2, "invalid_utf8": 2, "missing_field": 3, "malformed_json": 2}
+    assert report.examples["malformed_json"] == [shard.label] * 2  # where: the input shard
+    # a prepared shard's sidecar: every reason prepare knows, zeros included, in that order
+    assert list(report.counts_of(("empty", "invalid_utf8", "missing_field", "malformed_json", "other")).items()) == [
+        ("empty", 2), ("invalid_utf8", 2), ("missing_field", 3), ("malformed_json", 2), ("other", 0)]
 
 
 def test_parquet_nulls_and_bad_bytes_are_counted(tmp_path):
     pq.write_table(pa.table({"text": pa.array([b"ok", None, b"\xff\xfe", b"  "], pa.binary())}), tmp_path / "p.parquet")
-    skipped = {}
+    report = SkipReport()
     shard = sources.plan(sources.resolve(f"parquet:{tmp_path}/p.parquet")[0])[0]
-    assert list(sources.documents(shard, skipped)) == ["ok"]
-    assert skipped == {"missing_field": 1, "invalid_utf8": 1, "empty": 1}
+    assert list(sources.documents(shard, report)) == ["ok"]
+    assert report.counts == {"missing_field": 1, "invalid_utf8": 1, "empty": 1}
 
 
 def test_empty_glob_names_the_glob(tmp_path):
@@ -108,9 +113,9 @@ def test_mixture_spec_components_and_rates():
 
 @pytest.mark.slow
 def test_registered_seqio_task_and_mixture_resolve_to_their_files_and_rates():
-    from rho_jax.data import inputs, tasks
+    from rho_jax.data import tasks, vocab as vocab_lib
 
-    vocab = inputs.load_vocabulary("")
+    vocab = vocab_lib.load_vocabulary("")
     [comp] = sources.resolve("champ_clean", split="validation", vocab=vocab)
     assert comp.pattern == str(corpora.export("champ_clean", "heldout")) and comp.text_field == "text"
     comps = sources.resolve("rho_jax.math_noisy", vocab=vocab, general_rate=0.25)

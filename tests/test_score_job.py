@@ -17,7 +17,7 @@ import kill_test as kt  # noqa: E402
 from configs import tiny  # noqa: E402
 
 from rho_jax import score, score_job  # noqa: E402
-from rho_jax.checkpoint import load_weights  # noqa: E402
+from rho_jax.checkpoint import load_weights, params_identity  # noqa: E402
 from rho_jax.data import inputs, rows, scores  # noqa: E402
 from rho_jax.data.rows import DataError  # noqa: E402
 
@@ -45,7 +45,7 @@ def test_score_shards_align_with_rows_shards_and_carry_fingerprints(job):
     prepared, reference, cache, config, (manifest,) = job
     rm = rows.read_manifest(prepared)
     ref_cfg, ref_params = load_weights(str(reference), "reference")
-    identity = scores.params_identity(ref_params)
+    identity = params_identity(ref_params)
     assert manifest == rows.read_manifest(cache, scores.FORMAT)
     assert manifest["ref_identity"] == identity and manifest["seq_len"] == SEQ
     assert manifest["prepared_manifest_sha256"] == rows.manifest_sha256(prepared)

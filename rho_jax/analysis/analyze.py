@@ -13,7 +13,8 @@ from rho_jax.analysis.page import selection_page
 from rho_jax.analysis.plots import plot_categories, plot_heldout, plot_selected_fraction, plot_selected_vs_unselected
 from rho_jax.analysis.runs import checkpoint_steps, discover_runs, load_checkpoint_params, run_config
 from rho_jax.config import ConfigError
-from rho_jax.data.inputs import heldout_dirs, heldout_rows, load_text_tokenizer
+from rho_jax.data.inputs import heldout_dirs, heldout_rows
+from rho_jax.data.vocab import load_text_tokenizer
 from rho_jax.distributed import is_primary
 from rho_jax.metrics import read_metrics
 

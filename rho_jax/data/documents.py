@@ -24,7 +24,8 @@ class CorpusError(RuntimeError):
 
 @dataclasses.dataclass
 class SkipReport:
-    """Counts of skipped inputs by reason, with the first few places each occurred."""
+    """Counts of skipped inputs by reason, with the first few places each occurred: the one record of what
+    a reader dropped (the corpora's PROVENANCE.json, and each prepared shard's sidecar via `counts_of`)."""
 
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: dict = dataclasses.field(default_factory=dict)
@@ -40,6 +41,10 @@ class SkipReport:
         if self.counts:
             log.warning("%s: kept %d documents, skipped %s (e.g. %s)", name, self.documents, dict(self.counts),
                         self.examples)
+
+    def counts_of(self, reasons: Iterable[str]) -> dict[str, int]:
+        """{reason: count} over `reasons` (zeros included), then any other reason seen."""
+        return {**{r: 0 for r in reasons}, **self.counts}
 
     def as_dict(self) -> dict:
         return {"documents": self.documents, "skipped": dict(self.counts), "skipped_examples": self.examples}

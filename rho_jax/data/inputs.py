@@ -4,53 +4,22 @@
   config.data.score_cache  their reference scores (`rho-jax score`), read with them in cached SLM mode
   config.eval.prepared     held-out sets, one prepared directory per config.eval.sources entry
 
-Nothing here tokenises or packs: that happened once in `prepare`. The checks at startup cost O(shards).
+Nothing here tokenises or packs: that happened once in `prepare`. The checks at startup cost O(shards), and
+the reference's identity is read from the metadata saved with it (`checkpoint.model_identity`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 
-from rho_jax import storage
-from rho_jax.checkpoint import load_weights
+from rho_jax import checkpoint
 from rho_jax.config import ConfigError
-from rho_jax.data import reader, scores, vocab as vocab_lib
-from rho_jax.interop import as_seqio_vocabulary, load_tokenizer
+from rho_jax.data import reader
+from rho_jax.data.vocab import tokenizer_vocab_size, vocabulary_identity
 
 
 class InputError(ConfigError):
     pass
-
-
-def load_vocabulary(path: str):
-    """A seqio.Vocabulary: the demo SentencePiece model when `path` is '', else any tokenizer file
-    (SentencePiece .model, tokenizer.json, or a .gguf with an embedded vocabulary)."""
-    if not path:
-        return vocab_lib.seqio_vocabulary(vocab_lib.demo_vocab_path())
-    return as_seqio_vocabulary(load_tokenizer(tokenizer_path(path)))
-
-
-def tokenizer_path(path: str) -> Path:
-    """The local tokenizer file of config.data.vocab: itself, a local copy of a gs:// file, or the demo's."""
-    return Path(storage.local_copy(path)) if path else vocab_lib.demo_vocab_path()
-
-
-def vocabulary_identity(path: str) -> str:
-    """The vocabulary's identity from its file alone (no TensorFlow): prepared and score manifests record it."""
-    p = tokenizer_path(path)
-    kind = "spm" if p.suffix == ".model" or p.name.startswith("tokenizer.model") else "file"
-    return f"{kind}-sha256:{vocab_lib.file_sha256(p)}"
-
-
-def load_text_tokenizer(path: str):
-    """The tokenizer (`rho_jax.interop.Tokenizer`) of `path`, or of the demo vocabulary when `path` is ''."""
-    return load_tokenizer(str(tokenizer_path(path)))
-
-
-def tokenizer_vocab_size(path: str) -> int:
-    return load_text_tokenizer(path).vocab_size
 
 
 def _prepared(config) -> str:
@@ -62,8 +31,8 @@ def _prepared(config) -> str:
 
 def reference_identity(config) -> str:
     """The identity of config.init.reference (config.validate(purpose='train') made sure it is set), which
-    cached scores must have been made with."""
-    return scores.params_identity(load_weights(config.init.reference, "reference")[1])
+    cached scores must have been made with: read from the metadata saved with it, not from its weights."""
+    return checkpoint.model_identity(config.init.reference, "reference")
 
 
 def input_for_training(config, input_state: dict | None = None) -> reader.Reader:

@@ -28,7 +28,8 @@ from etils import epath
 
 from rho_jax import config as config_lib
 from rho_jax import storage
-from rho_jax.data import inputs, pipeline, rows, sources
+from rho_jax.data import pipeline, rows, sources, vocab
+from rho_jax.data.documents import SkipReport
 from rho_jax.data.rows import DataError
 from rho_jax.interop.tokenizer import load_tokenizer
 
@@ -74,9 +75,8 @@ def write_shard(job: ShardJob, settings: Settings) -> dict:
     the driver reports them as one line whatever the runner does with exceptions.
     """
     tok = _tokenizer(settings.tokenizer)
-    skipped = {r: 0 for r in rows.SKIP_REASONS}
-    stats = pipeline.PackStats()
-    docs = (tok.encode(text) for text in sources.documents(job.shard, skipped))
+    report, stats = SkipReport(), pipeline.PackStats()
+    docs = (tok.encode(text) for text in sources.documents(job.shard, report))
     try:
         with rows.ShardWriter(job.out) as writer:
             for row in pipeline.pack(docs, settings.seq_len, settings.eos_id, settings.packing, stats):
@@ -84,8 +84,8 @@ def write_shard(job: ShardJob, settings: Settings) -> dict:
             info = writer.commit()
     except (OSError, EOFError, ValueError) as e:  # gzip/parquet/IO errors of this input
         return {"error": f"cannot read {job.shard.label}: {type(e).__name__}: {e}; fix or remove the file"}
-    info.update({k: getattr(stats, k) for k in STATS if k != "rows"}, skipped=skipped, input=job.shard.label,
-                input_file_bytes=job.shard.file_bytes, prepare_key=settings.key)
+    info.update({k: getattr(stats, k) for k in STATS if k != "rows"}, skipped=report.counts_of(rows.SKIP_REASONS),
+                input=job.shard.label, input_file_bytes=job.shard.file_bytes, prepare_key=settings.key)
     rows.write_json(rows.sidecar_path(job.out), info)
     return info
 
@@ -242,9 +242,9 @@ def run(config, source: Optional[str] = None, split: Optional[str] = None, out: 
         raise config_lib.ConfigError("config.data.prepared is empty: which directory should the prepared rows go to?")
     seqio_vocab = None
     if source.split(":", 1)[0] not in sources.FORMATS + ("mix",):
-        seqio_vocab = inputs.load_vocabulary(d.vocab)  # a SeqIO name: registration needs the vocabulary
-    return prepare(source, out, tokenizer=os.fspath(inputs.tokenizer_path(d.vocab)),
-                   vocab_identity=inputs.vocabulary_identity(d.vocab), seq_len=d.seq_len,
+        seqio_vocab = vocab.load_vocabulary(d.vocab)  # a SeqIO name: registration needs the vocabulary
+    return prepare(source, out, tokenizer=os.fspath(vocab.tokenizer_path(d.vocab)),
+                   vocab_identity=vocab.vocabulary_identity(d.vocab), seq_len=d.seq_len,
                    packing="pack" if d.packing else "pad", text_field=d.text_field, workers=d.prepare_workers,
                    beam_args=d.beam_args, shard_bytes=int(d.prepare_shard_mb * (1 << 20)), split=split,
                    seqio_vocab=seqio_vocab, general_rate=d.general_rate, max_shards=d.prepare_max_shards)

@@ -20,7 +20,6 @@ import hashlib
 import json
 from typing import Mapping, Optional
 
-import jax
 import numpy as np
 from etils import epath
 
@@ -44,17 +43,6 @@ def fingerprint(rows_sha256: str, ref_identity: str, seq_len: int) -> str:
     key = json.dumps({"format": FORMAT, "rows_sha256": rows_sha256, "ref_identity": ref_identity,
                       "seq_len": int(seq_len)}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def params_identity(params) -> str:
-    """sha256 of a parameter tree (paths, shapes, dtypes and bytes): the reference checkpoint's identity."""
-
-    h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        leaf = np.asarray(leaf)
-        h.update(f"{jax.tree_util.keystr(path)}:{leaf.shape}:{leaf.dtype}".encode())
-        h.update(np.ascontiguousarray(leaf).tobytes())
-    return "params-sha256:" + h.hexdigest()
 
 
 def encode_scores(ref_ce_L: np.ndarray, ref_entropy_L: Optional[np.ndarray] = None) -> bytes:

@@ -28,6 +28,7 @@ from typing import Iterator, Optional
 from etils import epath
 
 from rho_jax.data import tasks
+from rho_jax.data.documents import SkipReport
 from rho_jax.data.rows import DataError
 
 FORMATS = ("jsonl", "parquet")
@@ -212,40 +213,36 @@ def _parquet_shards(path: str, text_field: str, shard_bytes: int, size: int) -> 
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def documents(shard: InputShard, skipped: dict) -> Iterator[str]:
-    """The documents of one shard in file order; bad ones are counted in `skipped` by reason, not yielded.
+def documents(shard: InputShard, report: SkipReport) -> Iterator[str]:
+    """The documents of one shard in file order; bad ones are counted in `report` by reason, not yielded.
 
     Reasons: empty (empty or whitespace only), invalid_utf8, missing_field (absent, null or not a
     string), malformed_json (a JSONL line that is not a JSON object).
     """
-    raw = _parquet_values(shard) if shard.fmt == "parquet" else _jsonl_values(shard, skipped)
+    raw = _parquet_values(shard) if shard.fmt == "parquet" else _jsonl_values(shard, report)
     for value in raw:
-        text = _check_text(value, skipped)
+        text = _check_text(value, report, shard.label)
         if text is not None:
             yield text
 
 
-def _skip(skipped: dict, reason: str) -> None:
-    skipped[reason] = skipped.get(reason, 0) + 1
-
-
-def _check_text(value, skipped: dict) -> Optional[str]:
+def _check_text(value, report: SkipReport, where: str) -> Optional[str]:
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")
         except UnicodeDecodeError:
-            _skip(skipped, "invalid_utf8")
+            report.skip("invalid_utf8", where)
             return None
     if not isinstance(value, str):
-        _skip(skipped, "missing_field")
+        report.skip("missing_field", where)
         return None
     try:
         value.encode("utf-8")  # lone surrogates from JSON escapes ("\ud800") are not UTF-8 text
     except UnicodeEncodeError:
-        _skip(skipped, "invalid_utf8")
+        report.skip("invalid_utf8", where)
         return None
     if not value.strip():
-        _skip(skipped, "empty")
+        report.skip("empty", where)
         return None
     return value
 
@@ -274,7 +271,7 @@ def _jsonl_lines(shard: InputShard) -> Iterator[bytes]:
             yield line
 
 
-def _jsonl_values(shard: InputShard, skipped: dict) -> Iterator:
+def _jsonl_values(shard: InputShard, report: SkipReport) -> Iterator:
     field = shard.text_field
     for line in _jsonl_lines(shard):
         if not line.strip():
@@ -282,18 +279,18 @@ def _jsonl_values(shard: InputShard, skipped: dict) -> Iterator:
         try:
             record = json.loads(line)
         except UnicodeDecodeError:
-            _skip(skipped, "invalid_utf8")
+            report.skip("invalid_utf8", shard.label)
             continue
         except json.JSONDecodeError:
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError:
-                _skip(skipped, "invalid_utf8")
+                report.skip("invalid_utf8", shard.label)
                 continue
-            _skip(skipped, "malformed_json")
+            report.skip("malformed_json", shard.label)
             continue
         if not isinstance(record, dict):
-            _skip(skipped, "malformed_json")
+            report.skip("malformed_json", shard.label)
             continue
         yield record.get(field, _MISSING)
 

@@ -1,4 +1,5 @@
-"""SentencePiece vocabularies: training one deterministically, and the demo vocabulary.
+"""Vocabularies and tokenizers: config.data.vocab -> its file, identity and tokenizer; the demo
+SentencePiece vocabulary (trained deterministically); the one vocabulary-size check.
 
 Special ids are fixed on purpose: pad=0 (segment-id 0 padding reads as pad), eos=1, bos=2, unk=3.
 Byte fallback makes every string encodable (no unk in practice); digits are split (as Llama does),
@@ -8,7 +9,6 @@ math layout and few-shot prompts depend on them.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import json
@@ -17,8 +17,10 @@ from typing import Iterable, Optional
 
 import sentencepiece as spm
 
-from rho_jax import assets
+from rho_jax import assets, storage
+from rho_jax.config import ConfigError
 from rho_jax.data import corpora
+from rho_jax.interop import as_seqio_vocabulary, load_tokenizer
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 DEMO_VOCAB_SIZE = 4096
@@ -88,9 +90,49 @@ def seqio_vocabulary(model_path: Path):
     return seqio.SentencePieceVocabulary(str(model_path))
 
 
-def vocabulary_identity(vocab) -> str:
-    """A stable identity string of a seqio vocabulary (sha256 of its SPM model when it has one)."""
-    model = getattr(vocab, "sp_model", None)
-    if isinstance(model, (bytes, bytearray)):
-        return "spm-sha256:" + hashlib.sha256(model).hexdigest()
-    return f"{type(vocab).__name__}:{vocab.vocab_size}:eos={vocab.eos_id}"
+def load_vocabulary(path: str):
+    """A seqio.Vocabulary: the demo SentencePiece model when `path` is '', else any tokenizer file
+    (SentencePiece .model, tokenizer.json, or a .gguf with an embedded vocabulary)."""
+    if not path:
+        return seqio_vocabulary(demo_vocab_path())
+    return as_seqio_vocabulary(load_tokenizer(tokenizer_path(path)))
+
+
+def tokenizer_path(path: str) -> Path:
+    """The local tokenizer file of config.data.vocab: itself, a local copy of a gs:// file, or the demo's."""
+    return Path(storage.local_copy(path)) if path else demo_vocab_path()
+
+
+def vocabulary_identity(path: str) -> str:
+    """The vocabulary's identity from its file alone (no TensorFlow): prepared and score manifests record it."""
+    p = tokenizer_path(path)
+    kind = "spm" if p.suffix == ".model" or p.name.startswith("tokenizer.model") else "file"
+    return f"{kind}-sha256:{file_sha256(p)}"
+
+
+def load_text_tokenizer(path: str):
+    """The tokenizer (`rho_jax.interop.Tokenizer`) of `path`, or of the demo vocabulary when `path` is ''."""
+    return load_tokenizer(str(tokenizer_path(path)))
+
+
+def tokenizer_vocab_size(path: str) -> int:
+    return load_text_tokenizer(path).vocab_size
+
+
+def check_vocabularies(*, tokenizer: int | None = None, target: int | None = None,
+                       reference: int | None = None) -> None:
+    """The one vocabulary check: every pair of sizes given must agree (ConfigError naming the fix otherwise).
+
+    tokenizer: ids the tokenizer can emit; target / reference: the models' vocab_size. The two models must
+    share one vocabulary (the score compares their CE per token); a tokenizer may have fewer ids than a model
+    (padded embedding tables), never more.
+    """
+    if reference is not None and target is not None and reference != target:
+        raise ConfigError(f"vocabulary mismatch: the reference model has vocab_size={reference} but the "
+                          f"target has {target}; score with a reference that shares the tokenizer")
+    if tokenizer is not None and target is not None and tokenizer > target:
+        raise ConfigError(f"vocabulary mismatch: the tokenizer has {tokenizer} ids but the target model's "
+                          f"vocab_size is {target}; set config.model.vocab_size")
+    if tokenizer is not None and reference is not None and tokenizer > reference:
+        raise ConfigError(f"vocabulary mismatch: the tokenizer has more ids than the reference's "
+                          f"vocab_size={reference}; score with a reference of this tokenizer")

@@ -16,7 +16,8 @@ from pathlib import Path
 from rho_jax import checkpoint, evaluate, losses
 from rho_jax.analysis import checkpoint_steps, load_checkpoint_params
 from rho_jax.data.corpora import eval_examples
-from rho_jax.data.inputs import heldout_sets, load_text_tokenizer
+from rho_jax.data.inputs import heldout_sets
+from rho_jax.data.vocab import load_text_tokenizer
 from rho_jax.demo.stages import base_path, cpt_runs, run_name, stage_config
 from rho_jax.metrics import read_metrics
 

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from rho_jax import analysis, checkpoint
-from rho_jax.data.inputs import heldout_rows, heldout_sets, load_text_tokenizer
+from rho_jax.data.inputs import heldout_rows, heldout_sets
+from rho_jax.data.vocab import load_text_tokenizer
 from rho_jax.demo.diagnostics import selection_diagnostics
 from rho_jax.demo.evaluation import tokens_at
 from rho_jax.demo.stages import ARMS, MATCHED, base_path, run_name, seeds, stage_config
