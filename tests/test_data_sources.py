@@ -1,5 +1,6 @@
 """data.source specs -> input shards -> documents: sharding covers every line once, bad input is counted."""
 
+import functools
 import gzip
 import json
 
@@ -130,3 +131,14 @@ def test_registered_seqio_task_and_mixture_resolve_to_their_files_and_rates():
     path = write_jsonl(corpora.export("champ_clean", "heldout").parent / "user.jsonl", [{"text": "x"}])
     tasks.register_file_task("user.task", {"train": str(path)}, vocab)
     assert sources.resolve("user.task", vocab=vocab)[0].pattern == str(path)
+    # Any task over a seqio.FileDataSource of JSONL files: its files, through DataSource.list_shards.
+    import seqio
+    other = write_jsonl(path.parent / "user2.jsonl", [{"body": "y"}])
+    seqio.TaskRegistry.remove("user.files") if "user.files" in seqio.TaskRegistry.names() else None
+    seqio.TaskRegistry.add("user.files", source=seqio.FileDataSource(lambda f: f, {"train": f"{path.parent}/user*.jsonl"}),
+                           output_features={"targets": seqio.Feature(vocab, add_eos=False)},
+                           preprocessors=[functools.partial(seqio.preprocessors.rekey, key_map={"targets": "body"}),
+                                          seqio.preprocessors.tokenize])
+    [comp] = sources.resolve("user.files", vocab=vocab)
+    assert comp.files == (str(path), str(other)) and comp.text_field == "body"
+    assert [s.path for s in sources.plan(comp)] == [str(path), str(other)]

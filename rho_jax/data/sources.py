@@ -61,6 +61,7 @@ class Component:
     fmt: str
     pattern: str
     text_field: str
+    files: tuple[str, ...] = ()  # the files themselves (a SeqIO task's, from its source); () = glob `pattern`
 
 
 # ---------------------------------------------------------------------------------------------- specs
@@ -129,7 +130,8 @@ def _short(task_name: str) -> str:
 
 
 def _task_component(task, split: str, rate: float, name: str) -> Component:
-    """Reads what a task does: a JSONL FunctionDataSource + rekey(targets <- field) + tokenize."""
+    """Reads what a task does through SeqIO's public API: its source's files for `split`
+    (`DataSource.list_shards`), and rekey(targets <- field) + tokenize as its preprocessors."""
     import seqio  # lazily, as above
 
     text_field = None
@@ -140,10 +142,23 @@ def _task_component(task, split: str, rate: float, name: str) -> Component:
         elif fn not in (seqio.preprocessors.tokenize,):
             raise DataError(f"SeqIO task {task.name} has preprocessor {getattr(fn, '__name__', fn)}, which prepare "
                             f"cannot run outside tf.data; export the task's text to JSONL and use jsonl:GLOB")
+    files = _task_files(task, split)
+    return Component(name, float(rate), "jsonl", files[0] if len(files) == 1 else ",".join(files),
+                     text_field or "text", tuple(files))
+
+
+def _task_files(task, split: str) -> list[str]:
+    """The JSONL files of a task's split: a source that lists files (rho_jax's JsonlSource, a FileDataSource);
+    any other source (TFDS, a function) has no files prepare can read."""
+    import seqio  # lazily, as above
+
     src = task.source
-    fn = getattr(src, "_dataset_fn", None)
-    if not (isinstance(src, seqio.FunctionDataSource) and isinstance(fn, functools.partial)
-            and fn.func is tasks._jsonl_dataset):
+    files = []
+    if isinstance(src, (tasks.jsonl_source_type(), seqio.FileDataSource)):
+        if split not in src.splits:
+            raise DataError(f"SeqIO task {task.name} has no split {split!r}; it has {list(src.splits)}")
+        files = sorted(os.fspath(f) for f in src.list_shards(split))  # demo corpora: exported on first use
+    if not files or not all(f.endswith((".jsonl", ".jsonl.gz")) for f in files):
         hint = ""
         corpus = tasks.corpora.CORPORA.get(_short(task.name))
         if corpus is not None and corpus.hf_name:
@@ -151,10 +166,7 @@ def _task_component(task, split: str, rate: float, name: str) -> Component:
                     f"data.text_field={corpus.text_field})")
         raise DataError(f"SeqIO task {task.name} reads {type(src).__name__}; prepare reads files: point data.source "
                         f"at them as jsonl:GLOB or parquet:GLOB{hint}")
-    if split not in src.splits:
-        raise DataError(f"SeqIO task {task.name} has no split {split!r}; it has {list(src.splits)}")
-    path = os.fspath(fn.args[0](split))  # the JSONL file (demo corpora are exported on first use)
-    return Component(name, float(rate), "jsonl", path, text_field or "text")
+    return files
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -178,7 +190,7 @@ def expand(pattern: str) -> list[str]:
 def plan(component: Component, shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[InputShard]:
     """The input shards of a component, in input order (a pure function of the files and shard_bytes)."""
     shards = []
-    for path in expand(component.pattern):
+    for path in component.files or expand(component.pattern):
         size = epath.Path(path).stat().length
         if component.fmt == "jsonl" and path.endswith(".gz"):
             shards.append(InputShard(path, "jsonl", 0, -1, component.text_field, size))

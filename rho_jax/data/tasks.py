@@ -4,8 +4,10 @@ Every task yields {"targets": int32 token ids of one document} (no EOS: packing 
 `pipeline.pack`), tokenised with whatever `seqio.Vocabulary` the caller registers them with.
 
 Sources:
-  * demo corpora: a `FunctionDataSource` over the JSONL that `corpora.export` writes into the cache
-    dir (exported lazily, on the first read, so registration itself needs no data);
+  * demo corpora and `register_file_task`: a `JsonlSource` (a `FunctionDataSource` whose `list_shards(split)`
+    names its JSONL file, so `rho-jax prepare` finds the files through SeqIO's public DataSource API) over
+    the JSONL that `corpora.export` writes into the cache dir (exported lazily, on the first read or
+    listing, so registration itself needs no data);
   * real-scale corpora (OpenWebMath, SlimPajama, StarCoderData): a `TfdsDataSource` through the TFDS
     HuggingFace builder. Declared here; they need the internet and are not read in tests.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -50,6 +53,25 @@ def _jsonl_dataset(path_fn, split: str, shuffle_files: bool = False, seed: Optio
     return ds.map(lambda t: {"text": t})
 
 
+@functools.cache
+def jsonl_source_type():
+    """The `JsonlSource` class (made on first use: seqio, and with it TensorFlow, is imported lazily)."""
+    import seqio
+
+    class JsonlSource(seqio.FunctionDataSource):
+        """One JSONL file ({"text": ...} per line) per split; `path_fn(split)` gives (or first writes) it."""
+
+        def __init__(self, path_fn, splits):
+            super().__init__(functools.partial(_jsonl_dataset, path_fn), splits=splits, caching_permitted=False)
+            self.path_fn = path_fn
+
+        def list_shards(self, split: str) -> list[str]:
+            """The split's file (FunctionDataSource would give the split's name): what prepare reads."""
+            return [os.fspath(self.path_fn(split))]
+
+    return JsonlSource
+
+
 def _export_path(corpus: str, data_dir: Optional[str], split: str) -> Path:
     return corpora.export(corpus, SPLITS[split], Path(data_dir) if data_dir else None)
 
@@ -78,9 +100,7 @@ def register_file_task(name: str, split_to_path: Mapping[str, str], vocab) -> st
     splits = dict(split_to_path)
     _replace(seqio.MixtureRegistry, name)
     _replace(seqio.TaskRegistry, name)
-    source = seqio.FunctionDataSource(
-        functools.partial(_jsonl_dataset, lambda split: splits[split]), splits=list(splits),
-        caching_permitted=False)
+    source = jsonl_source_type()(lambda split: splits[split], list(splits))
     seqio.TaskRegistry.add(name, source=source, output_features=_output_features(vocab),
                            preprocessors=_preprocessors(), metric_fns=[])
     return name
@@ -109,9 +129,7 @@ def register_tasks(vocab, data_dir: Optional[str] = None, math_noisy_rates: tupl
     features = _output_features(vocab)
     for corpus in DEMO_TASKS:
         splits = ["validation"] if corpora.CORPORA[corpus].kind == "eval" else list(SPLITS)
-        source = seqio.FunctionDataSource(
-            functools.partial(_jsonl_dataset, functools.partial(_export_path, corpus, data_dir)),
-            splits=splits, caching_permitted=False)
+        source = jsonl_source_type()(functools.partial(_export_path, corpus, data_dir), splits)
         seqio.TaskRegistry.add(task_name(corpus), source=source, output_features=features,
                                preprocessors=_preprocessors(), metric_fns=[])
     for corpus in REAL_TASKS:
