@@ -230,3 +230,53 @@ def test_loop_runs_one_step_ahead_of_its_metrics_and_a_nan_still_stops_at_the_la
     assert [r["finite"] for r in read_metrics(skip.workdir)] == [1, 1, 1, 0, 1, 1]
     assert in_flight_when_read(trainer.events) == [(1, 2), (2, 3), (3, 3), (4, 5), (5, 6), (6, 6)]
     assert ckpt.Checkpointer(skip.workdir).all_steps() == [3, 6]
+
+
+# --- model dirs: the identity saved with the weights (model_meta.json) ---
+
+def tiny_model(seed: int = 0):
+    cfg = model.ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32, max_positions=16)
+    rng = np.random.default_rng(seed)
+    return cfg, jax.tree.map(lambda s: rng.normal(0.0, 0.02, s.shape).astype(s.dtype), model.param_shapes(cfg))
+
+
+def test_model_identity_is_saved_with_the_weights_and_read_back_without_them(tmp_path, capsys):
+    cfg, params = tiny_model()
+    ckpt.save_model(cfg, params, str(tmp_path / "m"), step=7)
+    meta = json.loads((tmp_path / "m" / ckpt.MODEL_META_FILE).read_text())
+    assert (meta["step"], meta["config"]) == (7, json.loads((tmp_path / "m" / ckpt.MODEL_CONFIG_FILE).read_text()))
+    identity = meta["identity"]
+    # What is stored is what hashing the loaded weights gives (so old score caches, and the fallback, agree).
+    assert identity == ckpt.params_identity(ckpt.load_weights(str(tmp_path / "m"), "reference")[1])
+    assert identity == ckpt.params_identity(params) == ckpt.params_identity(jax.device_put(params))
+    # Read back from the metadata alone: the weights are not needed (here: gone), and nothing is printed.
+    shutil.rmtree(tmp_path / "m" / "params")
+    assert ckpt.model_identity(str(tmp_path / "m"), "reference") == identity
+    assert capsys.readouterr().out == ""
+    # A training workdir names its final/ model.
+    ckpt.save_model(cfg, params, str(tmp_path / "run" / "final"), step=3)
+    (tmp_path / "run" / ckpt.MODEL_CONFIG_FILE).write_text("{}")
+    assert ckpt.stored_identity(str(tmp_path / "run")) == identity
+    # Other weights, another identity: one changed value is enough.
+    params["final_norm"]["scale"][0] += 1e-3
+    ckpt.save_model(cfg, params, str(tmp_path / "other"))
+    assert ckpt.stored_identity(str(tmp_path / "other")) not in (identity, None)
+
+
+def test_a_model_without_metadata_is_hashed_with_a_note_and_convert_adds_it(tmp_path, capsys):
+    from rho_jax.convert import convert
+
+    cfg, params = tiny_model(seed=1)
+    ckpt.save_model(cfg, params, str(tmp_path / "old"))
+    identity = ckpt.stored_identity(str(tmp_path / "old"))
+    (tmp_path / "old" / ckpt.MODEL_META_FILE).unlink()  # an Orbax dir saved before model_meta.json existed
+    assert ckpt.stored_identity(str(tmp_path / "old")) is None
+    assert ckpt.model_identity(str(tmp_path / "old"), "reference") == identity
+    note = capsys.readouterr().out
+    assert note.count("\n") == 1 and note.startswith(f"note: config.init.reference={tmp_path / 'old'} has no "
+                                                     f"{ckpt.MODEL_META_FILE}")
+    assert "sha256 of every weight" in note and "`rho-jax convert" in note
+    convert(str(tmp_path / "old"), str(tmp_path / "new"))  # Orbax -> Orbax: the metadata is written
+    assert ckpt.stored_identity(str(tmp_path / "new")) == identity
+    with pytest.raises(FileExistsError, match="not empty"):
+        convert(str(tmp_path / "old"), str(tmp_path / "new"))
