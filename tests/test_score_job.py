@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO))
 import kill_test as kt  # noqa: E402
 from configs import tiny  # noqa: E402
 
-from rho_jax import score, score_job  # noqa: E402
+from rho_jax import checkpoint, score, score_job  # noqa: E402
 from rho_jax.checkpoint import load_weights, params_identity  # noqa: E402
 from rho_jax.data import inputs, rows, scores  # noqa: E402
 from rho_jax.data.rows import DataError  # noqa: E402
@@ -88,6 +88,25 @@ def test_cached_reader_joins_each_row_with_its_scores(job):
         assert b["ref_ce"].shape == (8, SEQ) and b["ref_ce"].dtype == np.float32
         want, _ = score.reference_forward(ref_cfg, ref_params, b, with_entropy=False)
         np.testing.assert_allclose(b["ref_ce"], np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_cached_start_up_reads_the_reference_identity_not_its_weights(job, tmp_path, capsys):
+    """The score job records the identity saved with the reference (model_meta.json); a cached-mode start
+    reads it back from there: a copy of the reference without its weights starts the same."""
+    from rho_jax import loop
+
+    prepared, reference, cache, config, (manifest,) = job
+    assert manifest["ref_identity"] == checkpoint.stored_identity(str(reference)) is not None
+    bare = tmp_path / "reference_without_weights"
+    shutil.copytree(reference, bare, ignore=shutil.ignore_patterns("params"))
+    c = _config(prepared, cache, bare)
+    c.objective.update(mode="slm", reference="cached")
+    full = _config(prepared, cache, reference)
+    full.objective.update(mode="slm", reference="cached")
+    got, want = next(inputs.input_for_training(c)), next(inputs.input_for_training(full))
+    np.testing.assert_array_equal(got["ref_ce"], want["ref_ce"])
+    assert loop.build_models(c)[2:] == (None, None)  # nor does the model set-up load the reference
+    assert "note:" not in capsys.readouterr().out
 
 
 def test_online_and_cached_slm_give_the_same_update_on_prepared_data(job):
