@@ -80,6 +80,21 @@ def test_sharded_checkpoint_loads(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
 
 
+def test_convert_to_orbax_records_the_identity_the_hf_dir_hashes_to(tmp_path, capsys):
+    """An HF dir has no model_meta.json: its identity is a hash of its weights (with a note). `rho-jax convert`
+    to Orbax records that same identity, so score caches made from either agree; Orbax -> Orbax keeps it."""
+    from rho_jax import checkpoint as ckpt
+    from rho_jax.convert import convert as rho_convert
+
+    src = saved(tmp_path)
+    hashed = ckpt.model_identity(str(src), "reference")
+    assert capsys.readouterr().out.startswith(f"note: config.init.reference={src} has no model_meta.json")
+    rho_convert(str(src), str(tmp_path / "orbax"))
+    assert ckpt.stored_identity(str(tmp_path / "orbax")) == hashed
+    rho_convert(str(tmp_path / "orbax"), str(tmp_path / "orbax2"))
+    assert ckpt.stored_identity(str(tmp_path / "orbax2")) == hashed
+
+
 # ------------------------------------------------------------------------------------- bad inputs
 
 def rewrite_tensors(path, edit):
