@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -89,7 +88,9 @@ def measure(directory: str, how: str) -> None:
     else:
         identity = checkpoint.model_identity(directory, "reference")
     seconds = time.perf_counter() - t0
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak over fork + exec)
+    hwm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    rss_gb = hwm_kib / 2**20
     print(json.dumps({"how": how, "seconds": round(seconds, 4), "peak_rss_gib": round(rss_gb, 2),
                       "identity": identity}))
 
