@@ -13,11 +13,13 @@ from pathlib import Path
 
 import jax
 
+from rho_jax import config as config_lib
 from rho_jax import storage
 from rho_jax.checkpoint import load_weights
 from rho_jax.config import ConfigError
 from rho_jax.data import reader, scores, vocab as vocab_lib
 from rho_jax.interop import as_seqio_vocabulary, load_tokenizer
+from rho_jax.reference import ReferenceKind
 
 
 class InputError(ConfigError):
@@ -69,9 +71,9 @@ def reference_identity(config) -> str:
 def input_for_training(config, input_state: dict | None = None) -> reader.Reader:
     """This process's resumable batch iterator; in cached SLM mode it carries ref_ce (and ref_entropy when
     the objective's score needs it) from score shards checked against these rows and this reference."""
-    d, o = config.data, config.objective
-    cached = o.mode == "slm" and o.reference == "cached"  # config.validate: score_cache and reference set
-    with_entropy = cached and "entropy" in o.score
+    d, ref = config.data, config_lib.run_spec_of(config).reference
+    cached = ref.kind is ReferenceKind.CACHED  # config.validate(purpose='train'): score_cache and reference set
+    with_entropy = cached and ref.with_entropy
     comps = reader.open_components(_prepared(config), seq_len=d.seq_len, vocab_identity=vocabulary_identity(d.vocab),
                                    max_rows=d.max_rows)
     if cached:

@@ -129,7 +129,7 @@ def prepare_source(pc, source: str, split: str, out: str, rows: int) -> int:
             if (d / rows_lib.MANIFEST).exists()]
     shards = max([2, *held]) if rows else 0
     while True:
-        pc.data.prepare_max_shards = shards
+        pc.prepare.max_shards = shards
         res = prepare.run(pc, source=source, split=split, out=out)
         comps = [m for _, m in res["components"]]
         total_rate = sum(r for _, _, r in rows_lib.components(out))
