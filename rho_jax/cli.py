@@ -137,16 +137,16 @@ def _parse(cmd: str, args: list[str]):
         args = [f"--config={_DEFAULT_CONFIG[cmd]}"] + args
     if "--config" in args:
         raise UsageError(f"rho-jax {cmd}: write --config=FILE (with '='), e.g. --config=configs/tiny.py")
+    from rho_jax.config import MOVED_KEYS, moved_key_message
+    moved = [k for a in args for k in MOVED_KEYS if a.startswith(f"--config.{k}=")]
+    if moved:  # a key that moved (absl would call it an unknown flag or key): name the new one
+        raise UsageError(f"rho-jax {cmd}: {moved_key_message(moved[0])}")
     try:
         rest = fv([f"rho-jax {cmd}"] + args)[1:]
     except flags.Error as e:
         raise UsageError(f"rho-jax {cmd}: {_one_line(e)}; see `rho-jax {cmd} --help`") from None
     except (AttributeError, KeyError) as e:  # ml_collections: an override names a key the config lacks
         key = str(e.args[0] if e.args else e).strip("'\"")
-        from rho_jax.config import MOVED_KEYS, moved_key_message
-        moved = [k for a in args for k in MOVED_KEYS if a.startswith(f"--config.{k}=")]
-        if moved:
-            raise UsageError(f"rho-jax {cmd}: {moved_key_message(moved[0])}") from None
         raise UsageError(f"rho-jax {cmd}: unknown config key {key!r} in the --config.* overrides; use a field of "
                          f"the config file (training configs: rho_jax/config.py:base_config)") from None
     for name in ("config", "checkpoint", "workdir"):
