@@ -137,10 +137,8 @@ def _parse(cmd: str, args: list[str]):
         args = [f"--config={_DEFAULT_CONFIG[cmd]}"] + args
     if "--config" in args:
         raise UsageError(f"rho-jax {cmd}: write --config=FILE (with '='), e.g. --config=configs/tiny.py")
-    from rho_jax.config import MOVED_KEYS, moved_key_message
-    moved = [k for a in args for k in MOVED_KEYS if a.startswith(f"--config.{k}=")]
-    if moved:  # a key that moved (absl would call it an unknown flag or key): name the new one
-        raise UsageError(f"rho-jax {cmd}: {moved_key_message(moved[0])}")
+    from rho_jax.config import check_moved_overrides
+    check_moved_overrides(args)  # a key that moved names its new one (absl would call it unknown)
     try:
         rest = fv([f"rho-jax {cmd}"] + args)[1:]
     except flags.Error as e:

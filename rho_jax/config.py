@@ -143,6 +143,14 @@ def moved_key_message(key: str) -> str:
     return f"config.{key} moved to config.{MOVED_KEYS[key]}; rename it in the config or the --config.* override"
 
 
+def check_moved_overrides(args: list[str]) -> None:
+    """ConfigError for a --config.<old key>=v command-line override of a key that moved (MOVED_KEYS)."""
+    for a in args:
+        key = a.removeprefix("--config.").split("=")[0]
+        if a.startswith("--config.") and key in MOVED_KEYS:
+            raise ConfigError(moved_key_message(key))
+
+
 def _check_keys(c, schema, path="config"):
     for key in c.keys():
         if f"{path}.{key}".removeprefix("config.") in MOVED_KEYS:

@@ -218,9 +218,9 @@ def test_old_prepare_keys_name_their_new_key(old, new):
 
 
 def test_an_old_prepare_key_on_the_command_line_names_its_new_key():
-    with pytest.raises(cli.UsageError) as e:
+    with pytest.raises(config_lib.ConfigError) as e:
         cli._parse("prepare", [f"--config={CONFIGS / 'tiny.py'}", "--config.data.prepare_workers=1"])
-    assert str(e.value) == ("rho-jax prepare: config.data.prepare_workers moved to config.prepare.workers; "
+    assert str(e.value) == ("config.data.prepare_workers moved to config.prepare.workers; "
                             "rename it in the config or the --config.* override")
 
 
