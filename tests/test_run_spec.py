@@ -3,6 +3,7 @@ their one-line errors, and the moved `rho-jax prepare` keys. Pure: no model, no 
 
 import ast
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,18 @@ def test_prepare_settings_are_checked_under_their_new_names():
         c = config_lib.base_config()
         c.prepare[field] = value
         assert error(c, "prepare") == message
+
+
+def test_a_demo_stage_recorded_before_the_move_is_still_reused(tmp_path):
+    from rho_jax.demo import stages
+    c = config_lib.base_config()
+    c.workdir = str(tmp_path)
+    old = json.loads(c.to_json())
+    del old["prepare"]
+    old["data"].update(prepare_workers=2, prepare_shard_mb=256.0, prepare_max_shards=0, beam_args="", split="train")
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert not stages.stage_done(c)  # no StageMismatch: the Beam job's settings change no training
+    old["train"]["steps"] += 1
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(stages.StageMismatch, match=r"train\.steps: 101 \(recorded\) vs 100"):
+        stages.stage_done(c)

@@ -214,6 +214,9 @@ def stage_done(cfg) -> bool:
     recorded = wd / "config.json"
     if recorded.exists():
         diff = _diff(json.loads(recorded.read_text()), json.loads(cfg.to_json()))
+        # the Beam job's settings change no stage's training; they moved from data.* to prepare.*
+        diff = [d for d in diff
+                if (key := d.split(":")[0]) not in config_lib.MOVED_KEYS and key.split(".")[0] != "prepare"]
         if diff:
             raise StageMismatch(f"{wd} was trained with another config ({'; '.join(diff[:5])}); delete {wd} "
                                 f"(and the stages after it) or choose another --config.workdir")
