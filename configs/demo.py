@@ -35,8 +35,10 @@ def get_config():
         vocab="",  # '' = the demo SentencePiece vocabulary (4096 pieces, trained in stage 1); else a tokenizer path
         shuffle_seed=0,  # the data order (a CPT run of seed s: shuffle_seed + s, shared by its arms)
         general_rate=0.3,  # share of general text in the noisy mixture (math_noisy)
-        prepare_shard_mb=0.25,  # input shard size for `prepare`: runs read (and score) only the first shards
-        prepare_workers=1,  # in-process Beam (no worker start-up): the demo prepares a few MB per source
+    ))
+    c.prepare = ml_collections.ConfigDict(dict(  # `rho-jax prepare`'s Beam job, every source
+        shard_mb=0.25,  # input shard size: runs read (and score) only the first shards
+        workers=1,  # in-process Beam (no worker start-up): the demo prepares a few MB per source
     ))
 
     # Stage 2: the base model, CLM on general English text.

@@ -42,7 +42,7 @@ def get_config():
     c.reference.update(epochs=3.0, batch_size=32, lr=5e-5, warmup_steps=10)  # paper: 3 epochs, max LR 5e-5
     c.cpt.update(steps=2000, batch_size=64, lr=8e-5, warmup_steps=50,  # 2000 x 64 x 512 = 65.5M tokens
                  ratio=0.6, eval_every=100, checkpoint_every=250)
-    c.data.update(prepare_shard_mb=1.0)  # larger input shards than the CPU demo's
+    c.prepare.update(shard_mb=1.0)  # larger input shards than the CPU demo's
     c.eval.update(batch_size=32, max_rows=0, gsm8k_n=100, asdiv_n=300, shots=8, max_new_tokens=256, solution_loss_n=100)
     c.analysis.update(category_rows=256, html_rows=8)
     return c

@@ -11,7 +11,7 @@ Full sequence (gs:// paths throughout; README "Data at scale" has the Dataflow o
   1. prepare once on Dataflow, no accelerator: tokenise + pack into ArrayRecord rows at data.prepared
      (one sub-directory per mixture component + mixture.json with the 6 : 3 : 1 rates; Grain mixes them)
        rho-jax prepare --config=configs/general_631_slm.py \
-         --config.data.beam_args="--runner=DataflowRunner --project=P --region=R --temp_location=gs://YOUR_BUCKET/tmp"
+         --config.prepare.beam_args="--runner=DataflowRunner --project=P --region=R --temp_location=gs://YOUR_BUCKET/tmp"
   2. score on the slice, with this (the training) config: one job on training's mesh and micro-batch, every
      host reading its own row shards (shard i -> host i % hosts), into data.score_cache, resumable per shard
        tpu/run.sh --run-name score -- rho-jax score --config=configs/general_631_slm.py

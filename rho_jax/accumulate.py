@@ -69,7 +69,7 @@ def per_micro_batch(spec, params, step, rng, mbs: dict, targets_m, valid_BxL, re
     pooled over micro-batches. Returns (loss, grads, ce_BxL, weight_BxL, stats)."""
     a = spec.grad_accum
     valid_m = micro(valid_BxL, a)
-    ratio = objective.ratio_at(step, spec.ratio, spec.ratio_end if spec.ratio_end >= 0 else None, spec.total_steps)
+    ratio = objective.ratio_at(step, spec.ratio, spec.ratio_end, spec.total_steps)
     if spec.weighting in ("hard", "prob"):
         denom = jnp.sum(objective.compute_k(jnp.sum(valid_m, axis=(1, 2), dtype=jnp.int32), ratio)).astype(jnp.float32)
     else:

@@ -137,6 +137,8 @@ def _parse(cmd: str, args: list[str]):
         args = [f"--config={_DEFAULT_CONFIG[cmd]}"] + args
     if "--config" in args:
         raise UsageError(f"rho-jax {cmd}: write --config=FILE (with '='), e.g. --config=configs/tiny.py")
+    from rho_jax.config import check_moved_overrides
+    check_moved_overrides(args)  # a key that moved names its new one (absl would call it unknown)
     try:
         rest = fv([f"rho-jax {cmd}"] + args)[1:]
     except flags.Error as e:

@@ -11,21 +11,22 @@ import dataclasses
 
 import ml_collections
 
+from rho_jax import reference, run_spec
 from rho_jax.model import ModelConfig
-from rho_jax.objective import CONFIG_SCOPES, SCORE_FUNCTIONS, WEIGHTINGS, needs_ref
+from rho_jax.run_spec import ConfigError, Mode, NanPolicy, RunSpec, Score, Scope, Weighting  # noqa: F401 - re-exported
 from rho_jax.sharding import DEFAULT_RULES, mesh_shape
 
-OBJECTIVE_MODES = ("clm", "slm")
-REFERENCE_MODES = ("online", "cached", "ema")
-NAN_POLICIES = ("stop", "skip")
+OBJECTIVE_MODES = run_spec.values(Mode)
+REFERENCE_MODES = reference.CONFIG_KINDS
+NAN_POLICIES = run_spec.values(NanPolicy)
 PURPOSES = ("check", "train", "score", "prepare")  # what validate() checks beyond the schema and values
 # Model fields that change how a model runs, not its parameters: a loaded checkpoint takes them from the
 # config (config.model), and a workdir may resume with other values.
 RUNTIME_FIELDS = ("dtype", "remat", "attention", "attention_chunk", "scan_layers")
-
-
-class ConfigError(ValueError):
-    pass
+# Keys that moved, old path -> new path: a config or override naming the old one gets a one-line error.
+MOVED_KEYS = {"data.prepare_workers": "prepare.workers", "data.prepare_shard_mb": "prepare.shard_mb",
+              "data.prepare_max_shards": "prepare.max_shards", "data.beam_args": "prepare.beam_args",
+              "data.split": "prepare.split"}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -81,6 +82,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = data_config()
 
+    c.prepare = ml_collections.ConfigDict(dict(  # the Beam job of `rho-jax prepare`
+        workers=2,  # local DirectRunner worker processes
+        shard_mb=256.0,  # input shard size: uncompressed JSONL byte ranges / parquet row-group runs
+        max_shards=0,  # > 0: prepare only the first N input shards of each component (small runs)
+        beam_args="",  # extra Beam pipeline options, e.g. "--runner=DataflowRunner --project=P ..."
+        split="train",  # the split `rho-jax prepare` reads of a registered SeqIO source
+    ))
+
     c.checkpoint = ml_collections.ConfigDict(dict(
         every=50,  # steps between saves; 0 disables
         keep=3,  # keep the last N
@@ -99,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def data_config() -> ml_collections.ConfigDict:
-    """`config.data`: the corpus, its tokenizer and packing, and how `rho-jax prepare` runs."""
+    """`config.data`: the corpus, its tokenizer and packing."""
     return ml_collections.ConfigDict(dict(
         seq_len=128,
         source="math_noisy",  # registered SeqIO task/mixture, jsonl:GLOB, parquet:GLOB or mix:SPEC=RATE,...
@@ -111,11 +120,6 @@ def data_config() -> ml_collections.ConfigDict:
         max_rows=0,  # > 0: use only the first N packed rows of the source (small runs)
         text_field="text",  # jsonl:/parquet: sources: the field/column holding each document's text
         prepared="",  # directory (local or gs://) of the prepared ArrayRecord rows (`rho-jax prepare`)
-        prepare_workers=2,  # local DirectRunner worker processes
-        prepare_shard_mb=256.0,  # input shard size: uncompressed JSONL byte ranges / parquet row-group runs
-        prepare_max_shards=0,  # > 0: prepare only the first N input shards of each component (small runs)
-        beam_args="",  # extra Beam pipeline options, e.g. "--runner=DataflowRunner --project=P ..."
-        split="train",  # the split `rho-jax prepare` reads of a registered SeqIO source
     ))
 
 
@@ -134,8 +138,23 @@ def mesh_rules(c: ml_collections.ConfigDict) -> tuple:
     return tuple(tuple(r) for r in c.mesh.rules)
 
 
+def moved_key_message(key: str) -> str:
+    """The one-line error for a key of MOVED_KEYS ("data.prepare_workers")."""
+    return f"config.{key} moved to config.{MOVED_KEYS[key]}; rename it in the config or the --config.* override"
+
+
+def check_moved_overrides(args: list[str]) -> None:
+    """ConfigError for a --config.<old key>=v command-line override of a key that moved (MOVED_KEYS)."""
+    for a in args:
+        key = a.removeprefix("--config.").split("=")[0]
+        if a.startswith("--config.") and key in MOVED_KEYS:
+            raise ConfigError(moved_key_message(key))
+
+
 def _check_keys(c, schema, path="config"):
     for key in c.keys():
+        if f"{path}.{key}".removeprefix("config.") in MOVED_KEYS:
+            raise ConfigError(moved_key_message(f"{path}.{key}".removeprefix("config.")))
         if key not in schema:
             raise ConfigError(f"unknown config key {path}.{key}; valid keys here: {sorted(schema.keys())} "
                               f"(the training config schema is rho_jax/config.py:base_config)")
@@ -145,43 +164,45 @@ def _check_keys(c, schema, path="config"):
             _check_keys(c[key], schema[key], f"{path}.{key}")
 
 
-def validate(c: ml_collections.ConfigDict, n_devices: int | None = None, purpose: str = "check") -> None:
-    """Every check that depends only on the config, before any compute; each problem gets its own error
-    that names it. Called once per command. `n_devices`: also check the mesh and batch against that many
-    devices. `purpose` adds what that command needs: "train" (the reference and the data it reads),
-    "score" (rows, score cache, reference), "prepare" (the output and the Beam job's settings)."""
-    if purpose not in PURPOSES:
-        raise ValueError(f"validate(purpose={purpose!r}); expected one of {PURPOSES}")
-    _check_keys(c, base_config())
-    o = c.objective
-    if o.mode not in OBJECTIVE_MODES:
-        raise ConfigError(f"config.objective.mode={o.mode!r}; expected one of {OBJECTIVE_MODES}")
-    for name in ("ratio",) + (("ratio_end",) if o.ratio_end >= 0 else ()):
+def _choice(path: str, value, kind, what: str = ""):
+    """config.`path`=value as a member of the StrEnum `kind`; else the one-line error listing its values."""
+    if isinstance(value, str) and value in run_spec.values(kind):
+        return kind(value)
+    raise ConfigError(f"config.{path}={value!r}{what}; expected one of {run_spec.values(kind)}")
+
+
+def _objective(o) -> run_spec.ObjectiveSpec:
+    """config.objective's values checked and decoded (the ratio_end < 0 sentinel becomes None here only)."""
+    mode = _choice("objective.mode", o.mode, Mode)
+    ratio_end = float(o.ratio_end) if o.ratio_end is not None and o.ratio_end >= 0 else None
+    for name in ("ratio",) + (("ratio_end",) if ratio_end is not None else ()):
         r = o[name]
         if not 0.0 < r <= 1.0:
             raise ConfigError(f"config.objective.{name}={r} is outside (0, 1]")
-    if o.score not in SCORE_FUNCTIONS:
-        raise ConfigError(f"config.objective.score={o.score!r} is not a score function; "
-                          f"expected one of {SCORE_FUNCTIONS}")
-    if o.scope not in CONFIG_SCOPES:
-        raise ConfigError(f"config.objective.scope={o.scope!r}; expected one of {CONFIG_SCOPES}")
-    if o.weighting not in WEIGHTINGS:
-        raise ConfigError(f"config.objective.weighting={o.weighting!r}; expected one of {WEIGHTINGS}")
-    if o.reference not in REFERENCE_MODES:
-        raise ConfigError(f"config.objective.reference={o.reference!r}; expected one of {REFERENCE_MODES}")
-    if o.weighting == "soft" and o.temperature <= 0:
+    score = _choice("objective.score", o.score, Score, " is not a score function")
+    scope = _choice("objective.scope", o.scope, Scope)
+    weighting = _choice("objective.weighting", o.weighting, Weighting)
+    if weighting is Weighting.SOFT and o.temperature <= 0:
         raise ConfigError(f"config.objective.temperature={o.temperature} must be > 0 for soft weighting")
-    if o.mode == "slm" and o.reference == "ema" and not needs_ref(o.score):
-        raise ConfigError(f"config.objective.reference='ema' with score={o.score!r}, which reads no reference; "
-                          f"use a reference score (e.g. reverse_excess) or another reference mode")
-    if not 0.0 <= o.ema_decay < 1.0:
-        raise ConfigError(f"config.objective.ema_decay={o.ema_decay} is outside [0, 1)")
     if o.goldfish_k < 0 or o.goldfish_k == 1 or (o.goldfish_k and o.goldfish_h < 1):
         raise ConfigError(f"config.objective.goldfish_k={o.goldfish_k}, goldfish_h={o.goldfish_h}: use k = 0 (off) "
                           f"or k >= 2 (drop ~1/k of tokens) with h >= 1 context tokens")
+    return run_spec.ObjectiveSpec(mode=mode, ratio=float(o.ratio), ratio_end=ratio_end, score=score, scope=scope,
+                                  weighting=weighting, temperature=float(o.temperature), goldfish_k=int(o.goldfish_k),
+                                  goldfish_h=int(o.goldfish_h), ce_chunk=int(o.ce_chunk))
+
+
+def validate(c: ml_collections.ConfigDict, n_devices: int | None = None, purpose: str = "check") -> RunSpec:
+    """Every check that depends only on the config, before any compute; each problem gets its own error
+    that names it. Called once per command; returns the config's typed view (run_spec.RunSpec), which
+    every layer reads instead of the raw strings. `n_devices`: also check the mesh and batch against that
+    many devices. `purpose` adds what that command needs: "train" (the reference and the data it reads),
+    "score" (rows, score cache, reference), "prepare" (the Beam job's settings, config.prepare)."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"validate(purpose={purpose!r}); expected one of {PURPOSES}")
+    _check_keys(c, base_config())
+    spec = _decode(c, require_inputs=purpose == "train")
     t = c.train
-    if t.nan_policy not in NAN_POLICIES:
-        raise ConfigError(f"config.train.nan_policy={t.nan_policy!r}; expected one of {NAN_POLICIES}")
     if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1:
         raise ConfigError(f"config.train.steps/batch_size/grad_accum must be >= 1 "
                           f"(got {t.steps}/{t.batch_size}/{t.grad_accum})")
@@ -190,7 +211,31 @@ def validate(c: ml_collections.ConfigDict, n_devices: int | None = None, purpose
                           f"config.train.grad_accum={t.grad_accum}")
     if t.log_every < 1:
         raise ConfigError(f"config.train.log_every={t.log_every} must be >= 1")
-    k = c.checkpoint
+    _check_run(c, n_devices)
+    {"check": lambda _: None, "train": lambda _: None, "score": _check_score, "prepare": _check_prepare}[purpose](c)
+    return spec
+
+
+def _decode(c, require_inputs: bool = False) -> RunSpec:
+    """The RunSpec of config `c`, with the checks of the values it decodes (objective, reference, nan_policy)."""
+    o, t = c.objective, c.train
+    objective = _objective(o)
+    ref = reference.resolve_reference(objective, o.reference, checkpoint=c.init.reference,
+                                      score_cache=c.data.score_cache, ema_decay=o.ema_decay,
+                                      require_inputs=require_inputs)
+    return RunSpec(objective=objective, reference=ref, steps=int(t.steps), batch_size=int(t.batch_size),
+                   grad_accum=int(t.grad_accum), nan_policy=_choice("train.nan_policy", t.nan_policy, NanPolicy))
+
+
+def run_spec_of(c: ml_collections.ConfigDict) -> RunSpec:
+    """The typed view of config `c`, for a caller that holds only the ConfigDict (a run's command validated
+    it once; this decodes the same values again, without the file and device checks)."""
+    return _decode(c)
+
+
+def _check_run(c, n_devices) -> None:
+    """Checkpoints, data length, the model and (with `n_devices`) the mesh and batch."""
+    t, k = c.train, c.checkpoint
     if k.every < 0 or k.keep < 1:
         raise ConfigError(f"config.checkpoint.every={k.every} must be >= 0 (0 disables) and "
                           f"config.checkpoint.keep={k.keep} must be >= 1")
@@ -215,18 +260,6 @@ def validate(c: ml_collections.ConfigDict, n_devices: int | None = None, purpose
         if micro % (data * fsdp):
             raise ConfigError(f"config.train.batch_size={t.batch_size} (micro-batch {micro} with grad_accum="
                               f"{t.grad_accum}) is not divisible by the data parallelism data x fsdp = {data * fsdp}")
-    {"check": lambda _: None, "train": _check_train, "score": _check_score, "prepare": _check_prepare}[purpose](c)
-
-
-def _check_train(c) -> None:
-    o = c.objective
-    if o.mode == "slm" and needs_ref(o.score) and o.reference in ("online", "cached") and not c.init.reference:
-        why = ("the reference model the step scores with" if o.reference == "online" else
-               "the reference the scores were made with, so the score cache can be checked against it")
-        raise ConfigError(f"config.objective.reference={o.reference!r} with score={o.score!r} needs "
-                          f"config.init.reference: {why} (an Orbax dir, HF dir or .gguf)")
-    if o.mode == "slm" and needs_ref(o.score) and o.reference == "cached" and not c.data.score_cache:
-        raise ConfigError("config.objective.reference='cached' needs config.data.score_cache (run `rho-jax score`)")
 
 
 def _check_score(c) -> None:
@@ -241,13 +274,13 @@ def _check_score(c) -> None:
 
 
 def _check_prepare(c) -> None:
-    d = c.data  # (the output directory may come from the caller: prepare.run checks it)
-    if d.prepare_workers < 1:
-        raise ConfigError(f"config.data.prepare_workers={d.prepare_workers} must be >= 1")
-    if d.prepare_max_shards < 0:
-        raise ConfigError(f"config.data.prepare_max_shards={d.prepare_max_shards} must be >= 0 (0 = every shard)")
-    if d.prepare_shard_mb <= 0:
-        raise ConfigError(f"config.data.prepare_shard_mb={d.prepare_shard_mb} must be > 0")
+    p = c.prepare  # (the output directory may come from the caller: prepare.run checks it)
+    if p.workers < 1:
+        raise ConfigError(f"config.prepare.workers={p.workers} must be >= 1")
+    if p.max_shards < 0:
+        raise ConfigError(f"config.prepare.max_shards={p.max_shards} must be >= 0 (0 = every shard)")
+    if p.shard_mb <= 0:
+        raise ConfigError(f"config.prepare.shard_mb={p.shard_mb} must be > 0")
 
 
 def check_compatible(c, target_cfg) -> None:

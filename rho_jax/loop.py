@@ -42,8 +42,7 @@ def build_models(config):
     else:
         t_cfg, t_params = config_lib.model_config(config), None
     r_cfg = r_params = None
-    o = config.objective
-    if o.mode == "slm" and o.reference == "online" and config_lib.needs_ref(o.score):
+    if config_lib.run_spec_of(config).reference.loads_checkpoint:
         r_cfg, r_params = ckpt.load_weights(config.init.reference, "reference", overrides)
     config_lib.check_compatible(config, t_cfg)
     check_vocabularies(target=t_cfg.vocab_size, reference=r_cfg.vocab_size if r_cfg is not None else None)

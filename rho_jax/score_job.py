@@ -140,7 +140,7 @@ def _write_manifest(c, sdir, ref_cfg, ref_identity: str, with_entropy: bool, voc
 def run(config, progress: bool = True) -> list[dict]:
     """Scores every prepared row not yet scored (with data.max_rows > 0: the shards holding the rows training
     reads); returns the score manifests (one per component)."""
-    config_lib.validate(config, jax.device_count(), purpose="score")
+    spec = config_lib.validate(config, jax.device_count(), purpose="score")
     d = config.data
     vocab_id = vocabulary_identity(d.vocab)
     comps = reader.open_components(d.prepared, seq_len=d.seq_len, vocab_identity=vocab_id, max_rows=d.max_rows)
@@ -149,7 +149,7 @@ def run(config, progress: bool = True) -> list[dict]:
                                                   config_lib.runtime_overrides(config))
     check_vocabularies(tokenizer=tokenizer_vocab_size(d.vocab), reference=ref_cfg.vocab_size)
     identity = checkpoint.model_identity(config.init.reference, "reference", ref_params)  # saved with it
-    with_entropy = "entropy" in config.objective.score
+    with_entropy = spec.objective.reads_ref_entropy
     for _, sdir in work:  # refuse a directory holding another job's scores before any compute
         _check_cache_dir(sdir, identity, d.seq_len, with_entropy)
 

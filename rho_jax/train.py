@@ -31,6 +31,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from rho_jax import accumulate, model, objective, selection, sharding
+from rho_jax import config as config_lib
 from rho_jax import score as score_lib
 from rho_jax.batch import INPUT_KEYS
 from rho_jax.score import reference_forward, token_ce
@@ -53,7 +54,7 @@ class StepSpec:
     ref_model: model.ModelConfig | None
     mode: str = "slm"
     ratio: float = 0.6
-    ratio_end: float = -1.0
+    ratio_end: float | None = None  # None: a constant ratio
     total_steps: int = 1
     score: str = "excess"
     scope: str = "batch"
@@ -69,17 +70,16 @@ class StepSpec:
 
     @classmethod
     def from_config(cls, config, target_cfg: model.ModelConfig, ref_cfg: model.ModelConfig | None):
-        o = config.objective
-        uses_ref = o.mode == "slm" and objective.needs_ref(o.score)
-        ref_model = {"online": ref_cfg, "ema": target_cfg}.get(o.reference) if uses_ref else None
+        """From the config's typed view (config.run_spec_of: the objective and the resolved reference)."""
+        run = config_lib.run_spec_of(config)
+        o, ref = run.objective, run.reference
+        ref_model = ref_cfg if ref.loads_checkpoint else target_cfg if ref.target_shaped else None
         return cls(model=target_cfg, ref_model=ref_model,
-                   mode=o.mode, ratio=float(o.ratio), ratio_end=float(o.ratio_end),
-                   total_steps=int(config.train.steps), score=o.score, scope=o.scope, weighting=o.weighting,
-                   temperature=float(o.temperature), reference=o.reference, ce_chunk=int(o.ce_chunk),
-                   grad_accum=int(config.train.grad_accum), ema_decay=float(o.ema_decay),
-                   goldfish_k=int(o.goldfish_k), goldfish_h=int(o.goldfish_h),
-                   # the EMA starts equal to the target: every excess 0, and the flat index would pick the first rows
-                   random_ties=uses_ref and o.reference == "ema")
+                   mode=o.mode, ratio=o.ratio, ratio_end=o.ratio_end,
+                   total_steps=run.steps, score=o.score, scope=o.scope, weighting=o.weighting,
+                   temperature=o.temperature, reference=ref.kind, ce_chunk=o.ce_chunk,
+                   grad_accum=run.grad_accum, ema_decay=float(config.objective.ema_decay),
+                   goldfish_k=o.goldfish_k, goldfish_h=o.goldfish_h, random_ties=ref.random_ties)
 
     @property
     def slm(self) -> bool:
@@ -140,8 +140,7 @@ def _selection(spec: StepSpec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL,
     """Token weights over the whole global batch, and the objective's statistics."""
     if not spec.slm:
         return objective.clm_weights(valid_BxL), {}
-    ratio = objective.ratio_at(step, spec.ratio, spec.ratio_end if spec.ratio_end >= 0 else None,
-                               spec.total_steps)
+    ratio = objective.ratio_at(step, spec.ratio, spec.ratio_end, spec.total_steps)
     return objective.slm_objective(ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, ratio=ratio, score=spec.score,
                                    scope="batch" if spec.scope == "micro_batch" else spec.scope,  # one micro-batch
                                    weighting=spec.weighting, temperature=spec.temperature, rng=rng,

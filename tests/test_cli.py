@@ -50,7 +50,7 @@ def trained(home):
     """`rho-jax prepare` of a relative JSONL glob into a relative directory, `rho-jax train` (CLM) from it, then
     `rho-jax score` with that model as the reference into relative score shards, then cached SLM training."""
     prep = ok(rho_jax("prepare", "--config=tiny.py", "--config.data.source=jsonl:docs*.jsonl", *PREPARED, *TINY,
-                      "--config.data.prepare_workers=1", cwd=home))
+                      "--config.prepare.workers=1", cwd=home))
     assert "1 shards written" in prep.stdout and (home / "runs" / "prepared" / "manifest.json").exists()
     train = ok(rho_jax("train", "--config=tiny.py", "--config.objective.mode=clm", "--config.workdir=runs/ref",
                        *PREPARED, *TINY, cwd=home))

@@ -208,7 +208,7 @@ def test_registered_task_source_via_config(tmp_path, tok_path):
     from rho_jax.config import base_config
 
     c = base_config()
-    c.data.source, c.data.split, c.data.prepared, c.data.seq_len = "champ_clean", "validation", str(tmp_path / "p"), SEQ
+    c.data.source, c.prepare.split, c.data.prepared, c.data.seq_len = "champ_clean", "validation", str(tmp_path / "p"), SEQ
     m = prepare.run(c)["components"][0][1]
     n = sum(1 for _ in open(corpora.export("champ_clean", "heldout")))
     assert m["totals"]["documents"] == n and m["source"] == "champ_clean"

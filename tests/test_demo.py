@@ -170,7 +170,7 @@ def test_prepare_source_never_asks_for_fewer_shards_than_a_rerun_finds(tmp_path,
     asked = []
 
     def fake_run(pc, source, split, out):
-        asked.append(pc.data.prepare_max_shards)
+        asked.append(pc.prepare.max_shards)
         n = max(asked[-1], len(held))
         manifest = {"format": rows_lib.FORMAT, "shards": [{"rows": 100} for _ in range(n)], "planned_shards": 8}
         rows_lib.write_manifest(out, manifest)

@@ -146,7 +146,7 @@ def flow(gcs, tmp_path_factory):
               f"--config.data.prepared=gs://{BUCKET}/prepared", *SMALL]
     out = SimpleNamespace(home=home, vocab=v, common=common)
     out.prepare = ok(rho_jax(gcs, home, "prepare", *common, f"--config.data.source=jsonl:gs://{BUCKET}/inputs/docs*.jsonl",
-                             "--config.data.prepare_workers=1", "--config.data.prepare_shard_mb=0.1"))
+                             "--config.prepare.workers=1", "--config.prepare.shard_mb=0.1"))
     ok(rho_jax(gcs, home, "train", *common, "--config.objective.mode=clm", "--config.train.steps=2",
                f"--config.workdir=gs://{BUCKET}/ref"))
     cached = [f"--config.init.reference=gs://{BUCKET}/ref/final", f"--config.data.score_cache=gs://{BUCKET}/scores"]

@@ -55,9 +55,9 @@ def write_config(path: Path, root: Path, jsonl: Path, target: Path, reference: P
         "model.n_kv_heads": 2, "model.d_ff": 128, "model.max_positions": 128, "model.attention_chunk": 16,
         "objective.ce_chunk": 1024,
         "data.source": f"jsonl:{jsonl}", "data.prepared": str(root / "prepared"), "data.vocab": "",
-        "data.score_cache": str(root / "scores"), "data.seq_len": SEQ, "data.prepare_workers": 1,
+        "data.score_cache": str(root / "scores"), "data.seq_len": SEQ, "prepare.workers": 1,
         # about 2 shards per process, unevenly split: the processes have unequal rows to score
-        "data.prepare_shard_mb": jsonl.stat().st_size / (2 * PROCESSES + 1) / (1 << 20),
+        "prepare.shard_mb": jsonl.stat().st_size / (2 * PROCESSES + 1) / (1 << 20),
         "train.batch_size": 2 * PROCESSES * DEVICES,  # 2 rows a device: a row's place in its block varies
         "train.steps": STEPS, "train.warmup_steps": 1,
         "train.log_every": 1, "checkpoint.every": 1,

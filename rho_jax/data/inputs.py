@@ -13,9 +13,11 @@ from __future__ import annotations
 import jax
 
 from rho_jax import checkpoint
+from rho_jax import config as config_lib
 from rho_jax.config import ConfigError
 from rho_jax.data import reader
 from rho_jax.data.vocab import tokenizer_vocab_size, vocabulary_identity
+from rho_jax.reference import ReferenceKind
 
 
 class InputError(ConfigError):
@@ -38,9 +40,9 @@ def reference_identity(config) -> str:
 def input_for_training(config, input_state: dict | None = None) -> reader.Reader:
     """This process's resumable batch iterator; in cached SLM mode it carries ref_ce (and ref_entropy when
     the objective's score needs it) from score shards checked against these rows and this reference."""
-    d, o = config.data, config.objective
-    cached = o.mode == "slm" and o.reference == "cached"  # config.validate: score_cache and reference set
-    with_entropy = cached and "entropy" in o.score
+    d, ref = config.data, config_lib.run_spec_of(config).reference
+    cached = ref.kind is ReferenceKind.CACHED  # config.validate(purpose='train'): score_cache and reference set
+    with_entropy = cached and ref.with_entropy
     comps = reader.open_components(_prepared(config), seq_len=d.seq_len, vocab_identity=vocabulary_identity(d.vocab),
                                    max_rows=d.max_rows)
     if cached:

@@ -9,7 +9,7 @@ only on the input and the settings, never on the number of workers or the runner
 every shard whose sidecar is present and consistent. The driver writes `manifest.json` (and, for a
 mixture, `mixture.json`) from the sidecars once every shard is done; nothing else reads the corpus.
 
-Runner: locally the DirectRunner with `data.prepare_workers` processes; `data.beam_args` passes any
+Runner: locally the DirectRunner with `prepare.workers` processes; `prepare.beam_args` passes any
 Beam pipeline options, e.g. "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
 --setup_file=./setup.py" with data.prepared and the inputs on gs://.
 """
@@ -231,13 +231,13 @@ def prepare(source: str, out_dir: str, *, tokenizer: str, vocab_identity: str, s
 
 
 def run(config, source: Optional[str] = None, split: Optional[str] = None, out: Optional[str] = None) -> dict:
-    """`rho-jax prepare --config=C`: prepares config.data.source (split config.data.split) into config.data.prepared.
+    """`rho-jax prepare --config=C`: prepares config.data.source (split config.prepare.split) into config.data.prepared.
 
     source/split/out override those fields (e.g. a held-out set: source="champ_clean", split="validation").
     """
     config_lib.validate(config, purpose="prepare")
-    d = config.data
-    source, split, out = source or d.source, split or d.split, out or d.prepared
+    d, p = config.data, config.prepare
+    source, split, out = source or d.source, split or p.split, out or d.prepared
     if not out:
         raise config_lib.ConfigError("config.data.prepared is empty: which directory should the prepared rows go to?")
     seqio_vocab = None
@@ -245,6 +245,6 @@ def run(config, source: Optional[str] = None, split: Optional[str] = None, out: 
         seqio_vocab = vocab.load_vocabulary(d.vocab)  # a SeqIO name: registration needs the vocabulary
     return prepare(source, out, tokenizer=os.fspath(vocab.tokenizer_path(d.vocab)),
                    vocab_identity=vocab.vocabulary_identity(d.vocab), seq_len=d.seq_len,
-                   packing="pack" if d.packing else "pad", text_field=d.text_field, workers=d.prepare_workers,
-                   beam_args=d.beam_args, shard_bytes=int(d.prepare_shard_mb * (1 << 20)), split=split,
-                   seqio_vocab=seqio_vocab, general_rate=d.general_rate, max_shards=d.prepare_max_shards)
+                   packing="pack" if d.packing else "pad", text_field=d.text_field, workers=p.workers,
+                   beam_args=p.beam_args, shard_bytes=int(p.shard_mb * (1 << 20)), split=split,
+                   seqio_vocab=seqio_vocab, general_rate=d.general_rate, max_shards=p.max_shards)

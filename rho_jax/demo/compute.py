@@ -7,7 +7,8 @@ scores whole prepared shards, a few rows past them, which is the demo's bookkeep
 
 from __future__ import annotations
 
-from rho_jax import flops, objective
+from rho_jax import config as config_lib
+from rho_jax import flops
 from rho_jax.data import rows as rows_lib, scores as scores_lib
 from rho_jax.demo.stages import stage_config
 from rho_jax.metrics import read_metrics
@@ -54,8 +55,7 @@ def proportions(shared: dict, clm_flops: float) -> dict:
 
 def uses_reference(dc, arm: str) -> bool:
     """Whether the arm's selection reads the reference's scores (then it pays reference training and scoring)."""
-    o = stage_config(dc, arm).objective
-    return o.mode == "slm" and objective.needs_ref(o.score)
+    return config_lib.run_spec_of(stage_config(dc, arm)).objective.reads_reference
 
 
 def ratio(dc, arm: str, arm_rows: list[dict], clm_rows: list[dict], shared: dict, key: str,

@@ -115,7 +115,7 @@ def _prepare_stage(dc, timed) -> None:
 
     def prepare_all():
         pc = common_config(dc, "prepare")
-        pc.data.update(prepare_shard_mb=dc.data.prepare_shard_mb, prepare_workers=dc.data.prepare_workers)
+        pc.prepare.update(shard_mb=dc.prepare.shard_mb, workers=dc.prepare.workers)
         # The reference's source first: the rows of the FLOPs-matched arm depend on its size (prepare_jobs).
         for source, split, out, n in jobs[:1] + prepare_jobs(dc)[1:]:  # a finished one is reused (O(shards))
             got = prepare_source(pc, source, split, out, n)
@@ -165,10 +165,10 @@ def _cpt_stage(dc, timed) -> None:
         if stage_done(cfg):
             _say(f"stage 6/8 {name} ({i + 1}/{len(todo)}): reusing {cfg.workdir}/final")
             continue
-        o = cfg.objective
+        o = config_lib.run_spec_of(cfg).objective
         _say(f"stage 6/8 {name} ({i + 1}/{len(todo)}): continual pretraining on {cfg.data.source}, "
              f"{cfg.train.steps} steps, shuffle_seed {cfg.data.shuffle_seed}"
-             + (f", ratio {o.ratio}, score {o.score}, scope {o.scope}" if o.mode == "slm" else ""))
+             + (f", ratio {o.ratio}, score {o.score}, scope {o.scope}" if o.slm else ""))
         timed(name, lambda: train_stage(cfg, name))
 
 

@@ -129,7 +129,7 @@ def prepare_source(pc, source: str, split: str, out: str, rows: int) -> int:
             if (d / rows_lib.MANIFEST).exists()]
     shards = max([2, *held]) if rows else 0
     while True:
-        pc.data.prepare_max_shards = shards
+        pc.prepare.max_shards = shards
         res = prepare.run(pc, source=source, split=split, out=out)
         comps = [m for _, m in res["components"]]
         total_rate = sum(r for _, _, r in rows_lib.components(out))
@@ -214,6 +214,9 @@ def stage_done(cfg) -> bool:
     recorded = wd / "config.json"
     if recorded.exists():
         diff = _diff(json.loads(recorded.read_text()), json.loads(cfg.to_json()))
+        # the Beam job's settings change no stage's training; they moved from data.* to prepare.*
+        diff = [d for d in diff
+                if (key := d.split(":")[0]) not in config_lib.MOVED_KEYS and key.split(".")[0] != "prepare"]
         if diff:
             raise StageMismatch(f"{wd} was trained with another config ({'; '.join(diff[:5])}); delete {wd} "
                                 f"(and the stages after it) or choose another --config.workdir")
