@@ -6,16 +6,17 @@ Per step (SLM: one target forward and backward, plus one reference forward when 
                                                              # same compiled scorer (rho_jax.score) just
                                                              # before the step, on the same micro-batches;
                                                              # ema: the EMA of the target, inside the step
-  ce_BxL    = cross_entropy(target(tokens), targets)        # f32, every position is attention context
-  weight_BxL = slm_objective(sg(ce), valid, ref, ratio)      # exact global top-k over the whole batch
+  ce_BxL    = ce.token_ce(target, tokens, targets)           # f32, every position is attention context
+  selection = slm_objective(selector, ScoreInputs(sg(ce), valid, ref))  # exact global top-k over the batch
   loss      = sum(ce * weight) / sum(weight)                 # normalised once over the global batch
 
 Online and cached SLM therefore run the same jitted step on bit-identical inputs: the same update.
 
-With gradient accumulation (rho_jax.gradients) the selection still runs over the whole global batch:
-a no-grad pass computes the scores of every micro-batch first, then the gradient pass reuses those
-weights with the global normaliser. scope='micro_batch' (approximate) skips that pass and selects the
-top k within each micro-batch instead.
+With gradient accumulation (rho_jax.gradients, over rho_jax.microbatch's micro-batches) the selection
+still runs over the whole global batch: a no-grad pass computes the scores of every micro-batch first,
+then the gradient pass reuses those weights with the global normaliser. scope='micro_batch' (approximate)
+skips that pass and selects the top k within each micro-batch instead. The statistics
+(objective.selection_stats) are computed apart, from the joined weights and CE.
 """
 
 from __future__ import annotations
