@@ -16,10 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rho_jax import objective
+from rho_jax import ce as ce_lib
 from rho_jax.batch import INPUT_KEYS
-from rho_jax.score import token_ce
-
 
 
 def pad_rows(rows: dict, batch_size: int) -> dict:
@@ -40,17 +38,10 @@ def iter_padded_batches(examples: dict, batch_size: int, keys=None) -> Iterator[
         yield pad_rows(rows, batch_size), len(rows[keys[0]])
 
 
-def _target_ce(cfg, params, batch: dict, ce_chunk: int):
-    """(ce_BxL f32 nats, valid_BxL bool) at each prediction position t, whose target is tokens[t+1]."""
-    targets_BxL, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
-    ce_BxL, _ = token_ce(cfg, params, batch, targets_BxL, ce_chunk=ce_chunk)
-    return ce_BxL, valid_BxL
-
-
 @functools.lru_cache(maxsize=None)
 def _token_ce_fn(cfg, ce_chunk: int):
     def fn(params, batch):
-        ce_BxL, valid_BxL = _target_ce(cfg, params, batch, ce_chunk)
+        ce_BxL, _, valid_BxL = ce_lib.target_ce(cfg, params, batch, ce_chunk=ce_chunk)
         return jnp.where(valid_BxL, ce_BxL, jnp.nan)
 
     return jax.jit(fn)
@@ -61,7 +52,7 @@ def summed_ce_fn(cfg, ce_chunk: int):
     """The held-out evaluation's program: jitted `(params, batch) -> (sum of CE in nats, count)` over the valid
     (and, with batch["loss_mask"], masked) targets of one batch."""
     def fn(params, batch):
-        ce_BxL, valid_BxL = _target_ce(cfg, params, batch, ce_chunk)
+        ce_BxL, _, valid_BxL = ce_lib.target_ce(cfg, params, batch, ce_chunk=ce_chunk)
         weight_BxL = valid_BxL & batch["loss_mask"] if "loss_mask" in batch else valid_BxL
         return jnp.sum(jnp.where(weight_BxL, ce_BxL, 0.0)), jnp.sum(weight_BxL)
 

@@ -1,129 +1,50 @@
-"""Selective Language Modeling (Rho-1): the objective on one screen.
+"""Selective Language Modeling (Rho-1): scores, selection and token weights on one screen.
 
-    targets_BxL, valid_BxL = shift_targets(tokens_BxL, segment_ids_BxL)    # logits[t] predicts tokens[t+1]
-    ce_BxL    = cross_entropy(logits_BxLxV, targets_BxL)                     # f32 nats
-    score_BxL = score_tokens("excess", ce_BxL, ref_ce_BxL, ...)            # sg(ce) - ref_ce, signed
+    targets_BxL, valid_BxL = ce.shift_targets(tokens_BxL, segment_ids_BxL)  # logits[t] predicts tokens[t+1]
+    ce_BxL    = ce.cross_entropy(logits_BxLxV, targets_BxL)                  # f32 nats (rho_jax.ce)
+    score_BxL = score_tokens("excess", ScoreInputs(ce_BxL, valid_BxL, ref_ce_BxL))  # sg(ce) - ref_ce, signed
     mask_BxL  = select_topk(score_BxL, valid_BxL, ratio)                     # exactly ceil(ratio * n_valid)
     loss      = masked_mean(ce_BxL, mask_BxL)                                # sum(ce * mask) / sum(mask)
 
-`slm_objective` bundles the middle three lines (plus soft weighting and scalar stats); ratio = 1.0
-selects every valid token, so its weights equal `clm_weights`. Unselected tokens stay in the input
-and attention: the selection only weights the loss.
+`slm_objective(Selector(...), inputs, rng)` bundles the score and the selection into a `Selection` (token
+weights, threshold); `selection_stats` computes the scalar statistics apart. ratio = 1.0 selects every valid
+token, so its weights equal `clm_weights`. Unselected tokens stay in the input and attention: the selection
+only weights the loss.
+
+Scores are the table `SCORES`: name -> a small function of `ScoreInputs` and what it reads (reference CE,
+target CE, reference entropy, an rng). A score function sees only what it declares (the rest is None), so
+`needs_ref` / `needs_target_ce` / `needs_ref_entropy`, derived from the table, cannot drift from the code.
+A new score is one entry here.
 
 Selection is a global, stable sort over the whole [B, L] array (keys: invalid, NaN, -score, flat
 index), so the result is the same under any sharding, and k is computed in exact integer arithmetic.
 
 Lineage: the excess loss is RHO-LOSS's reducible holdout loss (Mindermann et al., ICML 2022,
 "Prioritized Training on Points that are Learnable, Worth Learning, and Not Yet Learnt"), which
-selects whole examples (scope="document" here); Rho-1 applies it per token. The plug-ins from the
-follow-up literature (document scope, Goldfish masking, DFT's prob weighting) live in
-`rho_jax.selection`; `target_loss` is ESLM's reference-free score.
+selects whole examples (scope="document" here: `select_documents`); Rho-1 applies it per token.
+`target_loss` is ESLM's reference-free score; `weighting="prob"` is DFT's probability weighting
+(`prob_weights`); `reverse_excess` against an EMA of the target is ssToken's retrospective excess
+(rho_jax.train). Goldfish masking (rho_jax.goldfish) folds into `valid_BxL` before any of this.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any, Callable
 
+import flax
 import jax
 import jax.numpy as jnp
 
-from rho_jax import selection
-
 sg = jax.lax.stop_gradient
 
-SCORE_FUNCTIONS = ("excess", "reverse_excess", "ref_loss", "ref_entropy", "random",
-                   "ref_loss_and_entropy", "ref_loss_or_entropy", "target_loss")
 SCOPES = ("batch", "sequence", "document")  # document: select_documents
 # objective.scope may also be micro_batch: train.py runs "batch" within each micro-batch (approximate
 # under grad accumulation), so the config accepts one more scope than slm_objective does.
 CONFIG_SCOPES = SCOPES + ("micro_batch",)
-WEIGHTINGS = ("hard", "soft", "prob")  # prob: selection.prob_weights on top of the hard mask
+WEIGHTINGS = ("hard", "soft", "prob")  # prob: prob_weights on top of the hard mask
 _RATIO_SCALE = 1_000_000  # ratios are exact to 6 decimal places
-
-
-# ----------------------------------------------------------------------------- per-token CE
-
-def shift_targets(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Pair each position with its next token.
-
-    Returns targets_BxL int32 (targets[t] = tokens[t+1], last column 0) and valid_BxL bool
-    (seg[t] != 0 and seg[t+1] == seg[t]; the last column is False), so padding and the step from
-    one packed document into the next are never trained on.
-    """
-    tokens_BxL = jnp.asarray(tokens_BxL, jnp.int32)
-    seg_BxL = jnp.asarray(segment_ids_BxL, jnp.int32)
-    targets_BxL = jnp.pad(tokens_BxL[:, 1:], ((0, 0), (0, 1)))
-    valid_BxL = (seg_BxL[:, :-1] != 0) & (seg_BxL[:, 1:] == seg_BxL[:, :-1])
-    valid_BxL = jnp.pad(valid_BxL, ((0, 0), (0, 1)), constant_values=False)
-    return targets_BxL, valid_BxL
-
-
-@jax.named_scope("cross_entropy")  # names its ops in profiles (scripts/profile_step.py)
-def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
-    """Per-token CE in nats, f32 [B, L]: logsumexp(logits) - logits[target], computed in f32."""
-    logits = logits_BxLxV.astype(jnp.float32)
-    lse_BxL = jax.nn.logsumexp(logits, axis=-1)
-    tgt_BxL = jnp.take_along_axis(logits, targets_BxL[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return lse_BxL - tgt_BxL
-
-
-@jax.named_scope("token_entropy")  # names its ops in profiles (scripts/profile_step.py)
-def token_entropy(logits_BxLxV: jax.Array) -> jax.Array:
-    """Entropy of the predictive distribution in nats, f32 [B, L]."""
-    logp = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
-    p = jnp.exp(logp)
-    return -jnp.sum(p * jnp.where(p > 0, logp, 0.0), axis=-1)
-
-
-@jax.named_scope("cross_entropy")  # names its ops in profiles (scripts/profile_step.py)
-def chunked_cross_entropy(h_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array,
-                          chunk_size: int, with_entropy: bool = False):
-    """CE (and entropy) of logits = h @ w without materialising f32 [B, L, V] logits.
-
-    Scans over vocabulary chunks of `chunk_size` columns with an online logsumexp; the chunk body is
-    rematerialised (jax.checkpoint), so the backward pass also holds one [B, L, chunk] block at a
-    time; peak extra memory is about B*L*(chunk_size + 4*V/chunk_size) f32 values. V is padded to a
-    multiple of chunk_size with -inf logits. The matmul runs in h's dtype with f32 accumulation,
-    like `model.logits_from_hidden`.
-    Returns ce_BxL f32, or (ce_BxL, ent_BxL) when with_entropy.
-    """
-    d, v = w_DxV.shape
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size}; expected a positive number of vocabulary columns")
-    n_chunks = -(-v // chunk_size)
-    w_pad = jnp.pad(w_DxV.astype(h_BxLxD.dtype), ((0, 0), (0, n_chunks * chunk_size - v)))
-    w_NxDxC = w_pad.reshape(d, n_chunks, chunk_size).transpose(1, 0, 2)  # chunks as scan xs: per-chunk grads
-    targets_BxL = targets_BxL.astype(jnp.int32)
-    bl = targets_BxL.shape
-
-    @jax.checkpoint
-    def body(carry, xs):
-        m, s, a, tgt = carry  # running max, sum exp(l - m), sum exp(l - m) * l, target logit
-        w_DxC, c = xs
-        start = c * chunk_size
-        col_C = start + jnp.arange(chunk_size, dtype=jnp.int32)
-        real_C = col_C < v
-        raw = jnp.einsum("bld,dc->blc", h_BxLxD, w_DxC, preferred_element_type=jnp.float32)
-        logits = jnp.where(real_C, raw, -jnp.inf)
-        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))  # finite: every chunk has a real column
-        e = jnp.exp(logits - m_new[..., None])
-        scale = jnp.exp(m - m_new)
-        s = s * scale + jnp.sum(e, axis=-1)
-        a = a * scale + jnp.sum(jnp.where(real_C, e * raw, 0.0), axis=-1)
-        local = targets_BxL - start
-        inside = (local >= 0) & (local < chunk_size)
-        picked = jnp.take_along_axis(raw, jnp.clip(local, 0, chunk_size - 1)[..., None], axis=-1)[..., 0]
-        tgt = tgt + jnp.where(inside, picked, 0.0)
-        return (m_new, s, a, tgt), None
-
-    init = (jnp.full(bl, -jnp.inf, jnp.float32), jnp.zeros(bl, jnp.float32),
-            jnp.zeros(bl, jnp.float32), jnp.zeros(bl, jnp.float32))
-    (m, s, a, tgt), _ = jax.lax.scan(body, init, (w_NxDxC, jnp.arange(n_chunks, dtype=jnp.int32)))
-    lse_BxL = m + jnp.log(s)
-    ce_BxL = lse_BxL - tgt
-    if not with_entropy:
-        return ce_BxL
-    return ce_BxL, lse_BxL - a / s  # H = lse - E_p[logit]
 
 
 # ----------------------------------------------------------------------------- exact top-k
@@ -218,68 +139,143 @@ def select_documents(score_BxL, valid_BxL, segment_ids_BxL, ratio, tiebreak=None
     (select_topk's order: a NaN mean last, ties to the lower `tiebreak` at the segment's first token, when
     given, then to the lower flat index of the segment's first token)."""
     valid = jnp.asarray(valid_BxL, bool)
-    mean_BxL, is_doc_BxL, first_BxL = selection.segment_means(score_BxL, valid, segment_ids_BxL)
+    mean_BxL, is_doc_BxL, first_BxL = segment_means(score_BxL, valid, segment_ids_BxL)
     chosen_N = select_topk(mean_BxL, is_doc_BxL, ratio, tiebreak=tiebreak).reshape(-1)
     return chosen_N[first_BxL.reshape(-1)].reshape(valid.shape) & valid
 
 
+# ----------------------------------------------------------------------------- document scope
+
+
+def segment_groups(segment_ids_BxL) -> tuple[jax.Array, jax.Array]:
+    """Per position: the row-major flat index of its segment's first token (int32 [B, L]), and
+    is_first (bool [B, L]). A segment is a (row, segment id) pair, contiguous or not."""
+    seg_BxL = jnp.asarray(segment_ids_BxL, jnp.int32)
+    b, n = seg_BxL.shape
+    col_BxL = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+    seg_s, perm_s = jax.lax.sort((seg_BxL, col_BxL), dimension=1, num_keys=2)  # by (id, column) per row
+    j_BxL = col_BxL  # position in the sorted row
+    new_s = (j_BxL == 0) | (seg_s != jnp.roll(seg_s, 1, axis=1))
+    first_j = jax.lax.cummax(jnp.where(new_s, j_BxL, 0), axis=1)
+    first_col_s = jnp.take_along_axis(perm_s, first_j, axis=1)  # stable sort: the group's lowest column
+    rows = jnp.arange(b, dtype=jnp.int32)[:, None]
+    first_col_BxL = jnp.zeros_like(col_BxL).at[rows, perm_s].set(first_col_s, unique_indices=True)
+    return rows * n + first_col_BxL, first_col_BxL == col_BxL
+
+
+def segment_means(score_BxL, valid_BxL, segment_ids_BxL) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The document scope's per-segment scores (objective.select_documents ranks them).
+
+    Returns mean_BxL (f32: at a segment's first token, the mean score of its valid tokens; 0
+    elsewhere), is_doc_BxL (bool: a segment's first token, the segment having >= 1 valid token) and
+    first_BxL (int32: each position's segment's first-token flat index, to spread a choice back)."""
+    valid_BxL = jnp.asarray(valid_BxL, bool)
+    shape = valid_BxL.shape
+    first_BxL, is_first_BxL = segment_groups(segment_ids_BxL)
+    first_N = first_BxL.reshape(-1)
+    score_N = jnp.where(valid_BxL, jnp.asarray(score_BxL, jnp.float32), 0.0).reshape(-1)
+    # per-segment sums land on the segment's first token; scatter-adds of int counts are exact and
+    # the f32 sums add each segment's own tokens only
+    total_N = jnp.zeros_like(score_N).at[first_N].add(score_N)
+    count_N = jnp.zeros_like(first_N).at[first_N].add(valid_BxL.reshape(-1).astype(jnp.int32))
+    is_doc_N = is_first_BxL.reshape(-1) & (count_N > 0)
+    mean_N = total_N / jnp.maximum(count_N, 1).astype(jnp.float32)
+    return mean_N.reshape(shape), is_doc_N.reshape(shape), first_BxL
+
+
 # ----------------------------------------------------------------------------- scores
+
+@flax.struct.dataclass
+class ScoreInputs:
+    """The per-token arrays a score may read, f32 / bool [B, L]; what a caller lacks is None."""
+
+    ce_BxL: Any  # the target's own CE (stop_gradient applied by the scores)
+    valid_BxL: Any  # bool: trainable prediction positions (Goldfish already folded in)
+    ref_ce_BxL: Any = None
+    ref_entropy_BxL: Any = None
+    segment_ids_BxL: Any = None  # scope="document" only
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """One score function: `fn(inputs, rng) -> score_BxL` (higher = more likely selected) and what it reads."""
+
+    fn: Callable[[ScoreInputs, Any], jax.Array]
+    target_ce: bool = False
+    ref_ce: bool = False
+    ref_entropy: bool = False
+    rng: bool = False
+
+
+def _rank_combination(x: ScoreInputs, combine) -> jax.Array:
+    """int32 -combine(r1, r2): r1 / r2 = rank by low ref_ce / low ref_entropy over the valid tokens (0 = best)."""
+    r1 = rank_scores(-jnp.asarray(x.ref_ce_BxL, jnp.float32), x.valid_BxL)
+    r2 = rank_scores(-jnp.asarray(x.ref_entropy_BxL, jnp.float32), x.valid_BxL)
+    return -combine(r1, r2)
+
+
+# excess          sg(ce) - ref_ce, SIGNED: tokens the model already beats the reference on rank lowest.
+# reverse_excess  -(sg(ce) - ref_ce).
+# ref_loss        -ref_ce (keep tokens the reference finds easy).
+# ref_entropy     -ref_entropy (keep tokens the reference is confident on).
+# random          uniform [0, 1) from `rng` (control).
+# ref_loss_and_entropy / ref_loss_or_entropy (int32): -max(r1, r2) / -min(r1, r2) (`_rank_combination`).
+#     A token is in both top-j sets iff max(r1, r2) < j, so the top k of -max(r1, r2) is the intersection
+#     of the two top-j sets grown until it holds k tokens (union: -min); exactly k tokens are kept.
+# target_loss     sg(ce): the tokens the model itself finds hardest, no reference (ESLM, arXiv 2505.19893).
+SCORES: dict[str, Score] = {
+    "excess": Score(lambda x, _: sg(x.ce_BxL).astype(jnp.float32) - x.ref_ce_BxL, target_ce=True, ref_ce=True),
+    "reverse_excess": Score(lambda x, _: x.ref_ce_BxL - sg(x.ce_BxL).astype(jnp.float32), target_ce=True,
+                            ref_ce=True),
+    "ref_loss": Score(lambda x, _: -jnp.asarray(x.ref_ce_BxL, jnp.float32), ref_ce=True),
+    "ref_entropy": Score(lambda x, _: -jnp.asarray(x.ref_entropy_BxL, jnp.float32), ref_entropy=True),
+    "random": Score(lambda x, rng: jax.random.uniform(rng, jnp.shape(x.valid_BxL), jnp.float32), rng=True),
+    "ref_loss_and_entropy": Score(lambda x, _: _rank_combination(x, jnp.maximum), ref_ce=True, ref_entropy=True),
+    "ref_loss_or_entropy": Score(lambda x, _: _rank_combination(x, jnp.minimum), ref_ce=True, ref_entropy=True),
+    "target_loss": Score(lambda x, _: sg(x.ce_BxL).astype(jnp.float32), target_ce=True),
+}
+SCORE_FUNCTIONS = tuple(SCORES)  # the names config.validate accepts
+
+
+def _score(name: str) -> Score:
+    if name not in SCORES:
+        raise ValueError(f"score function {name!r} is unknown; expected one of {SCORE_FUNCTIONS}")
+    return SCORES[name]
+
 
 def needs_target_ce(name: str) -> bool:
     """Whether score `name` reads the training model's own CE (excess losses do)."""
-    _check_score(name)
-    return name in ("excess", "reverse_excess", "target_loss")
+    return _score(name).target_ce
 
 
 def needs_ref(name: str) -> bool:
     """Whether score `name` needs the reference model's per-token CE / entropy."""
-    _check_score(name)
-    return name not in ("random", "target_loss")
+    s = _score(name)
+    return s.ref_ce or s.ref_entropy
 
 
-def _check_score(name):
-    if name not in SCORE_FUNCTIONS:
-        raise ValueError(f"score function {name!r} is unknown; expected one of {SCORE_FUNCTIONS}")
+def needs_ref_entropy(name: str) -> bool:
+    """Whether score `name` reads the reference's per-token entropy (the cache must hold it)."""
+    return _score(name).ref_entropy
 
 
-def score_tokens(name: str, ce_BxL, ref_ce_BxL, ref_entropy_BxL, valid_BxL, rng=None) -> jax.Array:
-    """Per-token selection score [B, L]: higher = more likely selected. Applies stop_gradient itself.
+def score_tokens(name: str, inputs: ScoreInputs, rng=None) -> jax.Array:
+    """Per-token selection score [B, L] of table entry `name` (f32, int32 for the rank combinations).
 
-    excess          sg(ce) - ref_ce, SIGNED: tokens the model already beats the reference on rank lowest.
-    reverse_excess  -(sg(ce) - ref_ce).
-    ref_loss        -ref_ce (keep tokens the reference finds easy).
-    ref_entropy     -ref_entropy (keep tokens the reference is confident on).
-    target_loss     sg(ce): the tokens the model itself finds hardest, no reference (ESLM, arXiv 2505.19893).
-    random          uniform [0, 1) from `rng` (control).
-    ref_loss_and_entropy / ref_loss_or_entropy (int32): with r1 = rank by low ref_ce and r2 = rank by
-        low ref_entropy over the valid tokens of the whole array (0 = best, ties by flat index),
-        score = -max(r1, r2) / -min(r1, r2). A token is in both top-j sets iff max(r1, r2) < j, so the
-        top k of -max(r1, r2) is the intersection of the two top-j sets grown until it holds k tokens
-        (union: -min, the top-j sets' union); selecting by this score keeps exactly k tokens.
-    Inputs a score does not need may be None (e.g. ref_* in CLM, ce for ref_loss).
+    The function sees only the inputs it declares (the others are None), so a score reading something it
+    does not declare fails at once. A declared input that is None is an error naming it.
     """
-    _check_score(name)
-    if needs_ref(name) and (ref_ce_BxL is None if name != "ref_entropy" else ref_entropy_BxL is None):
-        raise ValueError(f"score {name!r} needs reference {'entropy' if name == 'ref_entropy' else 'CE'}; got None")
-    if name == "excess":
-        return sg(ce_BxL).astype(jnp.float32) - ref_ce_BxL
-    if name == "reverse_excess":
-        return ref_ce_BxL - sg(ce_BxL).astype(jnp.float32)
-    if name == "target_loss":
-        return sg(ce_BxL).astype(jnp.float32)
-    if name == "ref_loss":
-        return -jnp.asarray(ref_ce_BxL, jnp.float32)
-    if name == "ref_entropy":
-        return -jnp.asarray(ref_entropy_BxL, jnp.float32)
-    if name == "random":
-        if rng is None:
-            raise ValueError("score 'random' needs an rng key; pass rng=jax.random.key(...)")
-        return jax.random.uniform(rng, jnp.shape(valid_BxL), jnp.float32)
-    if ref_entropy_BxL is None:
+    s = _score(name)
+    if s.ref_ce and inputs.ref_ce_BxL is None:
+        raise ValueError(f"score {name!r} needs reference CE; got None")
+    if s.ref_entropy and inputs.ref_entropy_BxL is None:
         raise ValueError(f"score {name!r} needs reference entropy; got None (score the cache with entropy)")
-    r1 = rank_scores(-jnp.asarray(ref_ce_BxL, jnp.float32), valid_BxL)
-    r2 = rank_scores(-jnp.asarray(ref_entropy_BxL, jnp.float32), valid_BxL)
-    return -(jnp.maximum(r1, r2) if name == "ref_loss_and_entropy" else jnp.minimum(r1, r2))
+    if s.rng and rng is None:
+        raise ValueError(f"score {name!r} needs an rng key; pass rng=jax.random.key(...)")
+    seen = ScoreInputs(ce_BxL=inputs.ce_BxL if s.target_ce else None, valid_BxL=inputs.valid_BxL,
+                       ref_ce_BxL=inputs.ref_ce_BxL if s.ref_ce else None,
+                       ref_entropy_BxL=inputs.ref_entropy_BxL if s.ref_entropy else None)
+    return s.fn(seen, rng if s.rng else None)
 
 
 # ----------------------------------------------------------------------------- weights and loss
@@ -320,67 +316,108 @@ def masked_mean(ce_BxL, weight_BxL, denom=None) -> jax.Array:
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def slm_objective(ce_BxL, valid_BxL, ref_ce_BxL=None, ref_entropy_BxL=None, *, ratio, score: str = "excess",
-                  scope: str = "batch", weighting: str = "hard", temperature: float = 1.0, rng=None,
-                  segment_ids_BxL=None, random_ties: bool = False):
-    """Token weights for SLM and scalar stats; the loss is `masked_mean(ce_BxL, weight_BxL)`.
 
-    Returns (weight_BxL f32, stats). hard: the select_topk mask as f32 (ratio, scope apply;
-    scope="document" selects whole segments of `segment_ids_BxL`, select_documents).
-    prob: the hard mask times p(target) = exp(-ce), renormalised to mean 1 over the selected tokens
-    (selection.prob_weights). soft: soft_weights(score, valid, temperature) (ratio, scope ignored).
-    Goldfish masking, if any, is already folded into `valid_BxL`.
-    random_ties: break score ties at random (`random_tiebreak`, from `rng` folded with 1) instead of by flat
-    index: an EMA reference starts equal to the target, so every excess is 0 and the index would pick the
-    first rows.
-    stats (f32 / int32 scalars, no gradient):
-      threshold          hard / prob: lowest selected score (NaN if nothing is selected);
-                         soft: the score whose weight is exactly 1 (above it tokens are up-weighted).
+def prob_weights(ce_BxL, mask_BxL) -> jax.Array:
+    """f32 [B, L] = m * p / mean(p over m), p = exp(-sg(ce)) the model's probability of the target.
+
+    Mean 1 over the masked tokens, 0 elsewhere (all zeros if the mask is empty), stop_gradient
+    applied, so sum(ce * w) / sum(w) = sum(p * ce * m) / sum(p * m): DFT's loss, rescaled by the
+    mean p of the kept tokens.
+    """
+    m = jnp.asarray(mask_BxL, jnp.float32)
+    p = jnp.exp(-sg(jnp.asarray(ce_BxL, jnp.float32))) * m
+    z = jnp.sum(p)
+    return sg(jnp.where(z > 0, p * (jnp.sum(m) / jnp.where(z > 0, z, 1.0)), 0.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Selector:
+    """How a step selects. `ratio` may be a traced scalar (the `ratio_at` schedule); the rest is static."""
+
+    ratio: Any = 0.6
+    score: str = "excess"
+    scope: str = "batch"  # batch / sequence / document
+    weighting: str = "hard"  # hard / soft / prob
+    temperature: float = 1.0  # soft weighting only
+    random_ties: bool = False  # break score ties at random (`random_tiebreak` from rng folded with 1)
+
+
+@flax.struct.dataclass
+class Selection:
+    """What `slm_objective` chose: token weights f32 [B, L] (stop_gradient) and the score threshold (f32 scalar)."""
+
+    weight_BxL: jax.Array
+    threshold: jax.Array
+
+
+def _soft_threshold(score_BxL, valid_BxL, temperature: float) -> jax.Array:
+    """The score whose soft weight is exactly 1 (n * exp(s/T) / Z == 1): above it tokens are up-weighted."""
+    s = score_BxL / temperature
+    m = jnp.max(jnp.where(valid_BxL, s, -jnp.inf))
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    mean_exp = jnp.sum(jnp.where(valid_BxL, jnp.exp(s - m), 0.0)) / jnp.maximum(jnp.sum(valid_BxL), 1)
+    return temperature * (m + jnp.log(mean_exp))
+
+
+def slm_objective(sel: Selector, inputs: ScoreInputs, rng=None) -> Selection:
+    """Token weights for SLM; the loss is `masked_mean(ce_BxL, selection.weight_BxL)`.
+
+    hard: the select_topk mask as f32 (sel.ratio and sel.scope apply; scope="document" selects whole segments of
+    inputs.segment_ids_BxL, select_documents). prob: the hard mask times p(target) = exp(-ce), renormalised to
+    mean 1 over the selected tokens (prob_weights). soft: soft_weights(score, valid, temperature) (ratio and
+    scope ignored). Threshold: hard / prob, the lowest selected score (NaN if nothing is selected); soft, the
+    score whose weight is exactly 1. sel.random_ties: ties broken by `random_tiebreak` (rng folded with 1)
+    instead of by flat index: an EMA reference starts equal to the target, so every excess is 0 and the index
+    would pick the first rows.
+    """
+    if sel.weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting={sel.weighting!r}; expected one of {WEIGHTINGS}")
+    valid = jnp.asarray(inputs.valid_BxL, bool)
+    ce = sg(jnp.asarray(inputs.ce_BxL, jnp.float32))
+    raw_score_BxL = score_tokens(sel.score, inputs.replace(ce_BxL=ce, valid_BxL=valid), rng)  # int32: rank scores
+    score_BxL = raw_score_BxL.astype(jnp.float32)
+    if sel.random_ties and rng is None:
+        raise ValueError("random_ties needs an rng key; pass rng=jax.random.key(...)")
+    ties = random_tiebreak(jax.random.fold_in(rng, 1), valid.shape) if sel.random_ties else None
+    if sel.weighting == "soft":
+        weight = soft_weights(score_BxL, valid, sel.temperature)
+        return Selection(sg(weight), sg(_soft_threshold(score_BxL, valid, sel.temperature)))
+    if sel.scope == "document":
+        if inputs.segment_ids_BxL is None:
+            raise ValueError("scope='document' needs segment_ids_BxL (the packed segments to rank)")
+        mask = select_documents(score_BxL, valid, inputs.segment_ids_BxL, sel.ratio, ties)
+    else:
+        mask = select_topk(raw_score_BxL, valid, sel.ratio, sel.scope, ties)
+    weight = mask.astype(jnp.float32) if sel.weighting == "hard" else prob_weights(ce, mask)
+    threshold = jnp.min(jnp.where(mask, score_BxL, jnp.inf))
+    return Selection(sg(weight), sg(jnp.where(jnp.any(mask), threshold, jnp.nan)))
+
+
+def selection_stats(selection: Selection, inputs: ScoreInputs) -> dict:
+    """Scalar statistics of a selection (f32 / int32, no gradient).
+
+      threshold          from the Selection,
       n_valid, n_selected (tokens with weight > 0), selected_fraction = n_selected / n_valid,
       loss_all           mean ce over valid tokens,
       loss_unselected    mean ce over valid tokens with weight 0 (0 if none),
-      ref_loss, excess_mean  mean ref_ce and mean (ce - ref_ce) over valid tokens (only if ref_ce given).
+      ref_loss, excess_mean  mean ref_ce and mean (ce - ref_ce) over valid tokens (only if ref_ce is given).
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting={weighting!r}; expected one of {WEIGHTINGS}")
-    valid = jnp.asarray(valid_BxL, bool)
-    ce = sg(jnp.asarray(ce_BxL, jnp.float32))
-    raw_score_BxL = score_tokens(score, ce, ref_ce_BxL, ref_entropy_BxL, valid, rng)  # int32 for rank scores
-    score_BxL = raw_score_BxL.astype(jnp.float32)
-    if random_ties and rng is None:
-        raise ValueError("random_ties needs an rng key; pass rng=jax.random.key(...)")
-    ties = random_tiebreak(jax.random.fold_in(rng, 1), valid.shape) if random_ties else None
-    if weighting in ("hard", "prob"):
-        if scope == "document":
-            if segment_ids_BxL is None:
-                raise ValueError("scope='document' needs segment_ids_BxL (the packed segments to rank)")
-            mask = select_documents(score_BxL, valid, segment_ids_BxL, ratio, ties)
-        else:
-            mask = select_topk(raw_score_BxL, valid, ratio, scope, ties)
-        weight = mask.astype(jnp.float32) if weighting == "hard" else selection.prob_weights(ce, mask)
-        threshold = jnp.min(jnp.where(mask, score_BxL, jnp.inf))
-        threshold = jnp.where(jnp.any(mask), threshold, jnp.nan)
-    else:
-        weight = soft_weights(score_BxL, valid, temperature)
-        s = score_BxL / temperature
-        m = jnp.max(jnp.where(valid, s, -jnp.inf))
-        m = jnp.where(jnp.isfinite(m), m, 0.0)
-        mean_exp = jnp.sum(jnp.where(valid, jnp.exp(s - m), 0.0)) / jnp.maximum(jnp.sum(valid), 1)
-        threshold = temperature * (m + jnp.log(mean_exp))  # n * exp(s/T) / Z == 1
+    valid = jnp.asarray(inputs.valid_BxL, bool)
+    ce = sg(jnp.asarray(inputs.ce_BxL, jnp.float32))
+    selected = selection.weight_BxL > 0
     n_valid = jnp.sum(valid, dtype=jnp.int32)
-    selected = weight > 0
     n_selected = jnp.sum(selected, dtype=jnp.int32)
     validf = valid.astype(jnp.float32)
     stats = {
-        "threshold": threshold,
+        "threshold": selection.threshold,
         "n_valid": n_valid,
         "n_selected": n_selected,
         "selected_fraction": n_selected / jnp.maximum(n_valid, 1).astype(jnp.float32),
         "loss_all": masked_mean(ce, validf),
         "loss_unselected": masked_mean(ce, (valid & ~selected).astype(jnp.float32)),
     }
-    if ref_ce_BxL is not None:
-        ref_ce = jnp.asarray(ref_ce_BxL, jnp.float32)
+    if inputs.ref_ce_BxL is not None:
+        ref_ce = jnp.asarray(inputs.ref_ce_BxL, jnp.float32)
         stats["ref_loss"] = masked_mean(ref_ce, validf)
         stats["excess_mean"] = masked_mean(ce - ref_ce, validf)
-    return sg(weight), jax.tree.map(sg, stats)
+    return jax.tree.map(sg, stats)

@@ -70,7 +70,7 @@ class ObjectiveSpec:
     @property
     def reads_ref_entropy(self) -> bool:
         """Whether the score reads the reference's per-token entropy (scores of the reference's entropy)."""
-        return "entropy" in self.score
+        return objective.needs_ref_entropy(self.score)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,22 +6,23 @@ Per step (SLM: one target forward and backward, plus one reference forward when 
                                                              # same compiled scorer (rho_jax.score) just
                                                              # before the step, on the same micro-batches;
                                                              # ema: the EMA of the target, inside the step
-  ce_BxL    = cross_entropy(target(tokens), targets)        # f32, every position is attention context
-  weight_BxL = slm_objective(sg(ce), valid, ref, ratio)      # exact global top-k over the whole batch
+  ce_BxL    = ce.token_ce(target, tokens, targets)           # f32, every position is attention context
+  selection = slm_objective(selector, ScoreInputs(sg(ce), valid, ref))  # exact global top-k over the batch
   loss      = sum(ce * weight) / sum(weight)                 # normalised once over the global batch
 
 Online and cached SLM therefore run the same jitted step on bit-identical inputs: the same update.
 
-With gradient accumulation (rho_jax.accumulate) the selection still runs over the whole global batch:
-a no-grad pass computes the scores of every micro-batch first, then the gradient pass reuses those
-weights with the global normaliser. scope='micro_batch' (approximate) skips that pass and selects the
-top k within each micro-batch instead.
+With gradient accumulation (rho_jax.gradients, over rho_jax.microbatch's micro-batches) the selection
+still runs over the whole global batch: a no-grad pass computes the scores of every micro-batch first,
+then the gradient pass reuses those weights with the global normaliser. scope='micro_batch' (approximate)
+skips that pass and selects the top k within each micro-batch instead. The statistics
+(objective.selection_stats) are computed apart, from the joined weights and CE.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -30,11 +31,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from rho_jax import accumulate, model, objective, selection, sharding
+from rho_jax import ce as ce_lib
+from rho_jax import goldfish, gradients, microbatch, model, objective, sharding
 from rho_jax import config as config_lib
 from rho_jax import score as score_lib
 from rho_jax.batch import INPUT_KEYS
-from rho_jax.score import reference_forward, token_ce
+from rho_jax.score import reference_forward
 
 
 @flax.struct.dataclass
@@ -104,7 +106,7 @@ class StepSpec:
 
     @property
     def needs_entropy(self) -> bool:
-        return self.slm and "entropy" in self.score
+        return self.slm and objective.needs_ref_entropy(self.score)
 
 
 def learning_rate_schedule(tc) -> optax.Schedule:
@@ -130,58 +132,49 @@ def make_optimizer(tc) -> optax.GradientTransformation:
 
 def valid_positions(spec: StepSpec, batch: dict) -> tuple[jax.Array, jax.Array]:
     """targets_BxL and valid_BxL: shift_targets, minus the Goldfish-dropped positions."""
-    targets_BxL, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
+    targets_BxL, valid_BxL = ce_lib.shift_targets(batch["tokens"], batch["segment_ids"])
     if spec.goldfish_k:
-        valid_BxL &= selection.goldfish_keep(batch["tokens"], batch["segment_ids"], spec.goldfish_k, spec.goldfish_h)
+        valid_BxL &= goldfish.goldfish_keep(batch["tokens"], batch["segment_ids"], spec.goldfish_k, spec.goldfish_h)
     return targets_BxL, valid_BxL
 
 
-def _selection(spec: StepSpec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, rng, segment_ids_BxL):
-    """Token weights over the whole global batch, and the objective's statistics."""
+def selector(spec: StepSpec, step) -> objective.Selector | None:
+    """The step's Selector (its ratio scheduled at `step`); None for CLM."""
     if not spec.slm:
-        return objective.clm_weights(valid_BxL), {}
+        return None
     ratio = objective.ratio_at(step, spec.ratio, spec.ratio_end, spec.total_steps)
-    return objective.slm_objective(ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, ratio=ratio, score=spec.score,
-                                   scope="batch" if spec.scope == "micro_batch" else spec.scope,  # one micro-batch
-                                   weighting=spec.weighting, temperature=spec.temperature, rng=rng,
-                                   segment_ids_BxL=segment_ids_BxL, random_ties=spec.random_ties)
+    return objective.Selector(ratio=ratio, score=spec.score,
+                              scope="batch" if spec.scope == "micro_batch" else spec.scope,  # one micro-batch
+                              weighting=spec.weighting, temperature=spec.temperature, random_ties=spec.random_ties)
+
+
+def reference_scores(spec: StepSpec, batch: dict, ema_params=None) -> tuple[jax.Array | None, jax.Array | None]:
+    """(ref_ce_BxL, ref_entropy_BxL), each None where the step does not read it. Online and cached: from the
+    batch (online: put there by the scorer just before the step). EMA: the EMA of the target scored here,
+    micro-batch by micro-batch, under stop_gradient."""
+    if spec.ema:
+        fwd = lambda mb: reference_forward(spec.ref_model, ema_params, mb, ce_chunk=spec.ce_chunk,  # noqa: E731
+                                           with_entropy=spec.needs_entropy)
+        ref_ce_BxL, ref_ent_BxL = microbatch.map_rows(fwd, spec.grad_accum)({k: batch[k] for k in INPUT_KEYS})
+        return ref_ce_BxL, ref_ent_BxL
+    if spec.online or spec.cached:
+        return batch["ref_ce"], batch.get("ref_entropy") if spec.needs_entropy else None
+    return None, None
 
 
 def loss_and_grads(spec: StepSpec, params, batch: dict, step, rng, ema_params=None):
-    """Returns (loss, grads, ce_BxL, weight_BxL, stats) for one global batch.
+    """Returns (loss, grads, ce_BxL, weight_BxL, stats) for one global batch (rho_jax.gradients).
 
-    Online and cached SLM: the batch holds ref_ce (online: put there by the scorer just before the step).
     `ema_params`: reference='ema' only, the EMA of the target, scored here under stop_gradient."""
-    a = spec.grad_accum
     targets_BxL, valid_BxL = valid_positions(spec, batch)
-    seg_BxL = batch["segment_ids"]
-    ref_ce_BxL = ref_ent_BxL = None
-    if spec.ema:
-        micro_batches = jax.tree.map(lambda x: accumulate.micro(x, a), {k: batch[k] for k in INPUT_KEYS})
-        ref = jax.lax.map(lambda mb: reference_forward(spec.ref_model, ema_params, mb, ce_chunk=spec.ce_chunk,
-                                                       with_entropy=spec.needs_entropy), micro_batches)
-        ref_ce_BxL = accumulate.unmicro(ref[0])
-        ref_ent_BxL = accumulate.unmicro(ref[1]) if spec.needs_entropy else None
-    elif spec.online or spec.cached:
-        ref_ce_BxL = batch["ref_ce"]
-        ref_ent_BxL = batch.get("ref_entropy") if spec.needs_entropy else None
-
-    if a == 1:
-        def loss_fn(p):
-            ce, _ = token_ce(spec.model, p, batch, targets_BxL, ce_chunk=spec.ce_chunk)
-            weight, stats = _selection(spec, step, jax.lax.stop_gradient(ce), valid_BxL, ref_ce_BxL, ref_ent_BxL, rng,
-                                        seg_BxL)
-            return objective.masked_mean(ce, weight), (ce, weight, stats)
-
-        (loss, (ce_BxL, weight_BxL, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return loss, grads, jax.lax.stop_gradient(ce_BxL), weight_BxL, stats
-
-    mbs = jax.tree.map(lambda x: accumulate.micro(x, a), {k: batch[k] for k in INPUT_KEYS})
-    targets_m = accumulate.micro(targets_BxL, a)
-    if spec.slm and spec.scope == "micro_batch":
-        return accumulate.per_micro_batch(spec, params, step, rng, mbs, targets_m, valid_BxL, ref_ce_BxL, ref_ent_BxL)
-    select = lambda ce_BxL: _selection(spec, step, ce_BxL, valid_BxL, ref_ce_BxL, ref_ent_BxL, rng, seg_BxL)  # noqa: E731
-    return accumulate.global_selection(spec, params, mbs, targets_m, select)
+    ref_ce_BxL, ref_ent_BxL = reference_scores(spec, batch, ema_params)
+    inputs = objective.ScoreInputs(ce_BxL=None, valid_BxL=valid_BxL, ref_ce_BxL=ref_ce_BxL,
+                                   ref_entropy_BxL=ref_ent_BxL, segment_ids_BxL=batch["segment_ids"])
+    rows = {**{k: batch[k] for k in INPUT_KEYS}, "targets": targets_BxL}
+    sel = selector(spec, step)
+    loss, grads, ce_BxL, selection = gradients.loss_and_grads(spec, params, rows, inputs, sel, rng)
+    stats = objective.selection_stats(selection, inputs.replace(ce_BxL=ce_BxL)) if spec.slm else {}
+    return loss, grads, ce_BxL, selection.weight_BxL, stats
 
 
 def train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainState,
@@ -243,10 +236,36 @@ def input_keys(spec: StepSpec) -> tuple[str, ...]:
     return INPUT_KEYS if spec.online else batch_keys(spec)
 
 
-def compile_train_step(spec: StepSpec, tx, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> Callable:
-    """`step(state, batch, ref_params=None) -> (state, metrics)`.
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+    """The compiled train step: `step(state, batch, ref_params=None) -> (state, metrics)`.
 
-    The pure `train_step(state, batch)` jitted with explicit in/out NamedShardings, the state donated,
+    jitted: the jax.jit program of `train_step` (state donated); state_shardings: the TrainState's
+    NamedShardings; ref_shardings: the online reference params' (else None); batch_shardings: {key: sharding}
+    of every key the jitted step reads; input_shardings: those the caller supplies (online SLM: the rows only);
+    scorer: the online reference scorer (score.CompiledScorer), else None.
+    """
+
+    spec: StepSpec
+    mesh: Mesh
+    jitted: Any
+    state_shardings: Any
+    ref_shardings: Any
+    batch_shardings: dict
+    input_shardings: dict
+    scorer: score_lib.CompiledScorer | None
+
+    def __call__(self, state, batch: dict, ref_params=None):
+        if self.scorer is not None:
+            if ref_params is None:
+                raise ValueError("online SLM needs ref_params (placed with step.ref_shardings)")
+            batch = {**batch, **score_lib.score_global_batch(self.scorer, ref_params, batch, self.spec.grad_accum)}
+        with sharding.mesh_context(self.mesh):
+            return self.jitted(state, {k: batch[k] for k in self.batch_shardings})
+
+
+def compile_train_step(spec: StepSpec, tx, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> CompiledStep:
+    """The pure `train_step(state, batch)` jitted with explicit in/out NamedShardings, the state donated,
     logical-axis rules active for activation constraints. Online SLM first scores the batch with
     `score.reference_scorer` (the compiled computation `rho-jax score` uses for the cache) on the
     step's micro-batches, so online and cached training get bit-identical reference scores.
@@ -261,19 +280,8 @@ def compile_train_step(spec: StepSpec, tx, mesh: Mesh, rules=sharding.DEFAULT_RU
 
     jitted = jax.jit(step, in_shardings=(st_sh, b_sh), out_shardings=(st_sh, rep), donate_argnums=(0,))
     scorer = score_lib.reference_scorer(spec.ref_model, mesh, rules, spec.ce_chunk) if spec.online else None
-
-    def run(state, batch, ref_params=None):
-        if scorer is not None:
-            if ref_params is None:
-                raise ValueError("online SLM needs ref_params (placed with step.ref_shardings)")
-            batch = {**batch, **score_lib.score_global_batch(scorer, ref_params, batch, spec.grad_accum)}
-        with sharding.mesh_context(mesh):
-            return jitted(state, {k: batch[k] for k in b_sh})
-
-    run.jitted, run.state_shardings, run.ref_shardings, run.batch_shardings = jitted, st_sh, ref_sh, b_sh
-    run.input_shardings = {k: b_sh[k] for k in input_keys(spec)}
-    run.scorer = scorer
-    return run
+    return CompiledStep(spec=spec, mesh=mesh, jitted=jitted, state_shardings=st_sh, ref_shardings=ref_sh,
+                        batch_shardings=b_sh, input_shardings={k: b_sh[k] for k in input_keys(spec)}, scorer=scorer)
 
 
 def abstract_state(spec: StepSpec, tx, state_shardings: TrainState) -> TrainState:

@@ -7,7 +7,7 @@ with the demo SentencePiece vocabulary and packed into rows of --seq tokens, row
 Scores: excess = ce_target - ce_ref per token, from two small trained models: add-one-smoothed bigram LMs, the
 target fit on general text (the base model's data), the reference on general text plus clean CHAMP math
 weighted x10 (the reference model's data). Selection uses rho_jax.objective.select_topk exactly as training does;
-micro-batch i holds rows i, i+A, ... as accumulate.micro. Prints the share of the exact selection that the
+micro-batch i holds rows i, i+A, ... as microbatch.split. Prints the share of the exact selection that the
 micro-batch scope misses (= the share it picks instead, since both keep about k tokens).
 """
 
@@ -62,7 +62,7 @@ def main(argv=None):
 
     import sentencepiece as spm
 
-    from rho_jax import objective
+    from rho_jax import ce as ce_lib, objective
     from rho_jax.assets import cache_dir
     from rho_jax.data import corpora
 
@@ -85,7 +85,7 @@ def main(argv=None):
     tokens, seg = tokens[order], seg[order]
     flat = tokens.reshape(-1)
     excess = (_bigram_ce(target_counts, flat) - _bigram_ce(ref_counts, flat)).reshape(tokens.shape)
-    _, valid = objective.shift_targets(tokens, seg)
+    _, valid = ce_lib.shift_targets(tokens, seg)
     valid = np.asarray(valid)
     rows = []
     for shape in a.shapes.split(","):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rho_jax.batch import INPUT_KEYS
-from rho_jax import objective
+from rho_jax import ce as ce_lib
 from rho_jax.data import pipeline
 
 EOS = 1
@@ -53,7 +53,7 @@ def test_pack_layout_segments_positions_and_padding():
 def test_valid_mask_excludes_padding_and_cross_document_targets():
     docs = _docs(n=30, max_len=12, seed=1)
     examples, _ = _pack_all(docs, 10, EOS)
-    targets, valid = map(np.asarray, objective.shift_targets(examples["tokens"], examples["segment_ids"]))
+    targets, valid = map(np.asarray, ce_lib.shift_targets(examples["tokens"], examples["segment_ids"]))
     seg, tok = examples["segment_ids"], examples["tokens"]
     assert not valid[seg == 0].any()
     for b, t in zip(*np.nonzero(valid)):

@@ -8,7 +8,7 @@ import pytest
 seqio = pytest.importorskip("seqio")
 
 from rho_jax.batch import INPUT_KEYS  # noqa: E402
-from rho_jax import objective  # noqa: E402
+from rho_jax import ce as ce_lib  # noqa: E402
 from rho_jax.data import corpora, pipeline, tasks, vocab  # noqa: E402
 
 TEXTS = ["Problem: 12 + 30 = ?\nSolution: 42.", "The quick brown fox\n\njumps over the lazy dog.",
@@ -54,7 +54,7 @@ def test_task_tokens_pack_into_valid_batches(spm_path, tmp_path):
     assert stats.split_documents > 0
     docs = pipeline.split_documents(pipeline.unpack(examples), v.eos_id)
     assert [v.decode(d) for d in docs] == TEXTS[:3]
-    _, valid = objective.shift_targets(examples["tokens"], examples["segment_ids"])
+    _, valid = ce_lib.shift_targets(examples["tokens"], examples["segment_ids"])
     # a segment of n tokens has n - 1 targets: EOS is predicted, nothing across a segment boundary
     assert np.asarray(valid).sum() == stats.tokens - stats.chunks
 

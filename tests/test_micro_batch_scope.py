@@ -5,7 +5,7 @@ the result does not depend on the mesh, and it differs from the exact global sel
 import jax
 import numpy as np
 
-from rho_jax import config as config_lib, model, objective, train
+from rho_jax import ce as ce_lib, config as config_lib, model, objective, train
 from test_train_step import max_diff, mesh_of, packed_batch, run_steps, tiny_config, with_cached_scores
 
 A = 4
@@ -26,10 +26,10 @@ def test_micro_batch_scope_selects_within_each_micro_batch():
     c = tiny_config(mode="slm", reference="cached", ratio=0.6, scope="micro_batch")
     c.train.grad_accum = A
     loss, ce, w, stats = _weights(c, batch)
-    _, valid = objective.shift_targets(batch["tokens"], batch["segment_ids"])
+    _, valid = ce_lib.shift_targets(batch["tokens"], batch["segment_ids"])
     valid = np.asarray(valid)
     ks = []
-    for i in range(A):  # micro-batch i holds rows i, i + A, ... (accumulate.micro)
+    for i in range(A):  # micro-batch i holds rows i, i + A, ... (microbatch.split)
         rows = slice(i, None, A)
         expect = objective.select_topk(ce[rows] - batch["ref_ce"][rows], valid[rows], 0.6)
         np.testing.assert_array_equal(w[rows] > 0, np.asarray(expect), err_msg=f"micro-batch {i}")

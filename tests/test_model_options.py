@@ -6,18 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rho_jax import model, objective
+from rho_jax import ce as ce_lib, model, objective
 from test_train_step import packed_batch
 
 BASE = model.ModelConfig(vocab_size=97, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=64, max_positions=64)
 
 
 def _loss_and_grads(cfg, params, batch):
-    targets, valid = objective.shift_targets(batch["tokens"], batch["segment_ids"])
+    targets, valid = ce_lib.shift_targets(batch["tokens"], batch["segment_ids"])
 
     def loss(p):
         logits = model.forward(cfg, p, batch["tokens"], batch["positions"], batch["segment_ids"])
-        return objective.masked_mean(objective.cross_entropy(logits, targets), valid.astype(jnp.float32)), logits
+        return objective.masked_mean(ce_lib.cross_entropy(logits, targets), valid.astype(jnp.float32)), logits
 
     (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     return value, logits, grads

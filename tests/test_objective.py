@@ -12,6 +12,7 @@ import numpy_objective as ref
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rho_jax import ce as C
 from rho_jax import objective as O
 
 B, L, V = 4, 16, 11
@@ -20,6 +21,14 @@ SEG = np.array([[1] * 5 + [2] * 7 + [3] * 4,          # three packed documents
                 [1] * 16,                             # one long document
                 [0] * 2 + [1] * 3 + [2] * 3 + [0] * 8], np.int32)  # leading + trailing padding
 
+
+
+def objective(ce, valid, ref_ce=None, ref_ent=None, *, rng=None, segment_ids_BxL=None, **selector):
+    """(weight_BxL, stats) of slm_objective with a Selector of `selector` (ratio, score, scope, ...)."""
+    inputs = O.ScoreInputs(ce_BxL=ce, valid_BxL=valid, ref_ce_BxL=ref_ce, ref_entropy_BxL=ref_ent,
+                           segment_ids_BxL=segment_ids_BxL)
+    selection = O.slm_objective(O.Selector(**selector), inputs, rng)
+    return selection.weight_BxL, O.selection_stats(selection, inputs)
 
 def _inputs(seed=0):
     rs = np.random.RandomState(seed)
@@ -33,12 +42,12 @@ def _inputs(seed=0):
 def test_shift_targets_marks_document_boundaries_and_padding():
     tokens = np.array([[10, 11, 12, 13, 14, 15]], np.int32)
     seg = np.array([[1, 1, 2, 2, 2, 0]], np.int32)
-    targets, valid = O.shift_targets(tokens, seg)
+    targets, valid = C.shift_targets(tokens, seg)
     np.testing.assert_array_equal(targets, [[11, 12, 13, 14, 15, 0]])
     # 11 after doc 1 ok; 11->12 crosses into doc 2; 12->13, 13->14 ok; 14->pad and the last column invalid
     np.testing.assert_array_equal(valid, [[True, False, True, True, False, False]])
     t_ref, v_ref = ref.shift_targets(np.asarray(_inputs()[0]), SEG)
-    t_jax, v_jax = O.shift_targets(_inputs()[0], SEG)
+    t_jax, v_jax = C.shift_targets(_inputs()[0], SEG)
     np.testing.assert_array_equal(t_jax, t_ref)
     np.testing.assert_array_equal(v_jax, v_ref)
 
@@ -46,9 +55,9 @@ def test_shift_targets_marks_document_boundaries_and_padding():
 def test_cross_entropy_and_entropy_match_numpy():
     tokens, logits, _, _ = _inputs(1)
     targets, _ = ref.shift_targets(tokens, SEG)
-    np.testing.assert_allclose(O.cross_entropy(logits, targets),
+    np.testing.assert_allclose(C.cross_entropy(logits, targets),
                                ref.cross_entropy(logits.astype(np.float64), targets), atol=1e-6)
-    np.testing.assert_allclose(O.token_entropy(logits), ref.entropy(logits.astype(np.float64)), atol=1e-6)
+    np.testing.assert_allclose(C.token_entropy(logits), ref.entropy(logits.astype(np.float64)), atol=1e-6)
 
 
 @pytest.mark.parametrize("score", O.SCORE_FUNCTIONS)
@@ -56,17 +65,17 @@ def test_cross_entropy_and_entropy_match_numpy():
                                              ("document", "hard"), ("batch", "prob"), ("document", "prob")])
 def test_objective_matches_numpy_reference(score, scope, weighting):
     tokens, logits, ref_ce, ref_ent = _inputs(2)
-    targets, valid = O.shift_targets(tokens, SEG)
+    targets, valid = C.shift_targets(tokens, SEG)
     rng = jax.random.key(3)
     kw = dict(ratio=0.6, score=score, scope=scope, weighting=weighting, temperature=2.0)
 
     def loss_fn(logits_BxLxV):
-        ce_BxL = O.cross_entropy(logits_BxLxV, targets)
-        weight_BxL, stats = O.slm_objective(ce_BxL, valid, ref_ce, ref_ent, rng=rng, segment_ids_BxL=SEG, **kw)
+        ce_BxL = C.cross_entropy(logits_BxLxV, targets)
+        weight_BxL, stats = objective(ce_BxL, valid, ref_ce, ref_ent, rng=rng, segment_ids_BxL=SEG, **kw)
         return O.masked_mean(ce_BxL, weight_BxL), (weight_BxL, stats)
 
     (loss, (weight, stats)), grad = jax.value_and_grad(loss_fn, has_aux=True)(jnp.asarray(logits))
-    random_scores = np.asarray(O.score_tokens("random", None, None, None, valid, rng), np.float64)
+    random_scores = np.asarray(O.score_tokens("random", O.ScoreInputs(ce_BxL=None, valid_BxL=valid), rng), np.float64)
     w_np, loss_np, grad_np, stats_np = ref.objective(
         logits.astype(np.float64), np.asarray(targets), np.asarray(valid), ref_ce.astype(np.float64),
         ref_ent.astype(np.float64), random_scores=random_scores, seg=SEG, **kw)
@@ -158,7 +167,7 @@ def test_selection_is_identical_under_any_sharding():
 
     def select(s, c, e, v):
         return (O.select_topk(s, v, 0.6), O.select_topk(s, v, 0.7, scope="sequence"),
-                O.slm_objective(s, v, c, e, ratio=0.6, score="ref_loss_and_entropy")[0])
+                objective(s, v, c, e, ratio=0.6, score="ref_loss_and_entropy")[0])
 
     layouts = [NamedSharding(Mesh(devices, ("b",)), P("b", None)),
                NamedSharding(Mesh(devices.reshape(2, 4), ("b", "l")), P("b", "l")),
@@ -175,7 +184,7 @@ def test_selection_is_identical_under_any_sharding():
 
 def _select(score, ce, ref_ce, ref_ent, ratio):
     valid = np.ones(np.shape(ref_ce if ref_ce is not None else ce), bool)
-    w, _ = O.slm_objective(jnp.asarray(ce, jnp.float32), valid, ref_ce, ref_ent, ratio=ratio, score=score)
+    w, _ = objective(jnp.asarray(ce, jnp.float32), valid, ref_ce, ref_ent, ratio=ratio, score=score)
     return set(np.flatnonzero(np.asarray(w)))
 
 
@@ -211,7 +220,7 @@ def test_intersection_and_union_hand_made():
 @pytest.mark.parametrize("name,combine", [("ref_loss_and_entropy", set.__and__), ("ref_loss_or_entropy", set.__or__)])
 def test_intersection_and_union_are_exact_k_between_set_bounds(name, combine):
     rs = np.random.RandomState(7)
-    select = jax.jit(lambda c, e, r: O.slm_objective(c, jnp.ones((3, 10), bool), c, e, ratio=r, score=name)[0])
+    select = jax.jit(lambda c, e, r: objective(c, jnp.ones((3, 10), bool), c, e, ratio=r, score=name)[0])
     for trial in range(12):
         ref_ce = rs.randint(0, 6, (3, 10)).astype(np.float32)  # ties: broken by flat index
         ref_ent = rs.randn(3, 10).astype(np.float32)
@@ -241,9 +250,9 @@ def test_soft_weights_mean_one_zero_on_invalid_and_monotone():
 @pytest.mark.parametrize("scope", O.SCOPES)
 def test_ratio_one_reproduces_clm(score, scope):
     tokens, logits, ref_ce, ref_ent = _inputs(9)
-    targets, valid = O.shift_targets(tokens, SEG)
-    ce = O.cross_entropy(logits, targets)
-    w, stats = O.slm_objective(ce, valid, ref_ce, ref_ent, ratio=1.0, score=score, scope=scope,
+    targets, valid = C.shift_targets(tokens, SEG)
+    ce = C.cross_entropy(logits, targets)
+    w, stats = objective(ce, valid, ref_ce, ref_ent, ratio=1.0, score=score, scope=scope,
                                rng=jax.random.key(0), segment_ids_BxL=SEG)
     np.testing.assert_array_equal(w, O.clm_weights(valid))
     assert O.masked_mean(ce, w) == O.masked_mean(ce, O.clm_weights(valid))
@@ -260,15 +269,15 @@ def test_chunked_cross_entropy_matches_plain(v, chunk):
 
     def plain(h, w):
         logits = jnp.einsum("bld,dv->blv", h, w)
-        return jnp.sum(O.cross_entropy(logits, targets) * r1) + jnp.sum(O.token_entropy(logits) * r2)
+        return jnp.sum(C.cross_entropy(logits, targets) * r1) + jnp.sum(C.token_entropy(logits) * r2)
 
     def chunked(h, w):
-        ce, ent = O.chunked_cross_entropy(h, w, targets, chunk, with_entropy=True)
+        ce, ent = C.chunked_cross_entropy(h, w, targets, chunk, with_entropy=True)
         return jnp.sum(ce * r1) + jnp.sum(ent * r2)
 
     logits = h @ w
-    np.testing.assert_allclose(O.chunked_cross_entropy(h, w, targets, chunk),
-                               O.cross_entropy(logits, targets), atol=1e-5)
+    np.testing.assert_allclose(C.chunked_cross_entropy(h, w, targets, chunk),
+                               C.cross_entropy(logits, targets), atol=1e-5)
     (val_p, grads_p), (val_c, grads_c) = [jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(h, w)
                                           for f in (plain, chunked)]
     np.testing.assert_allclose(val_c, val_p, rtol=1e-5)
@@ -300,13 +309,41 @@ def test_ratio_schedule():
 
 def test_clm_mode_without_reference():
     tokens, logits, _, _ = _inputs(12)
-    targets, valid = O.shift_targets(tokens, SEG)
-    ce = O.cross_entropy(logits, targets)
-    w, stats = O.slm_objective(ce, valid, None, None, ratio=0.5, score="random", rng=jax.random.key(1))
+    targets, valid = C.shift_targets(tokens, SEG)
+    ce = C.cross_entropy(logits, targets)
+    w, stats = objective(ce, valid, None, None, ratio=0.5, score="random", rng=jax.random.key(1))
     assert int(w.sum()) == ref.compute_k(int(valid.sum()), 0.5) and "ref_loss" not in stats
     assert not O.needs_ref("random") and O.needs_ref("ref_loss") and O.needs_target_ce("excess")
     assert not O.needs_target_ce("ref_entropy")
     with pytest.raises(ValueError, match="excess"):
-        O.slm_objective(ce, valid, None, None, ratio=0.5, score="excess")
+        objective(ce, valid, None, None, ratio=0.5, score="excess")
     with pytest.raises(ValueError, match="unknown"):
-        O.slm_objective(ce, valid, None, None, ratio=0.5, score="abs_excess")
+        objective(ce, valid, None, None, ratio=0.5, score="abs_excess")
+
+
+_FIELDS = {"target_ce": "ce_BxL", "ref_ce": "ref_ce_BxL", "ref_entropy": "ref_entropy_BxL"}
+
+
+@pytest.mark.parametrize("name", O.SCORE_FUNCTIONS)
+def test_score_table_needs_match_what_each_score_reads(name):
+    """Each entry computes from exactly what it declares (the rest None), and a declared input that is missing
+    fails; needs_ref / needs_target_ce / needs_ref_entropy follow the table."""
+    tokens, logits, ref_ce, ref_ent = _inputs(13)
+    targets, valid = C.shift_targets(tokens, SEG)
+    entry = O.SCORES[name]
+    full = {"ce_BxL": C.cross_entropy(logits, targets), "ref_ce_BxL": ref_ce, "ref_entropy_BxL": ref_ent}
+    declared = {field: full[field] if getattr(entry, need) else None for need, field in _FIELDS.items()}
+    rng = jax.random.key(0) if entry.rng else None
+    # the entry itself, with undeclared inputs None: reading one would raise here
+    score = entry.fn(O.ScoreInputs(valid_BxL=valid, **declared), rng)
+    assert score.shape == (B, L)
+    np.testing.assert_array_equal(score, O.score_tokens(name, O.ScoreInputs(valid_BxL=valid, **full), rng))
+    for need, field in _FIELDS.items():
+        if getattr(entry, need):
+            with pytest.raises((ValueError, TypeError, AttributeError)):
+                entry.fn(O.ScoreInputs(valid_BxL=valid, **{**declared, field: None}), rng)
+    if entry.rng:
+        with pytest.raises((ValueError, TypeError)):
+            entry.fn(O.ScoreInputs(valid_BxL=valid, **declared), None)
+    assert O.needs_ref(name) == (entry.ref_ce or entry.ref_entropy)
+    assert O.needs_target_ce(name) == entry.target_ce and O.needs_ref_entropy(name) == entry.ref_entropy

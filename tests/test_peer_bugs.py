@@ -11,7 +11,7 @@ from test_train_step import mesh_of, packed_batch, tiny_config, with_cached_scor
 
 from rho_jax.batch import INPUT_KEYS
 from rho_jax import config as config_lib
-from rho_jax import loop, model, objective, score, train
+from rho_jax import ce as ce_lib, loop, model, objective, train
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +34,13 @@ def _keeps_signed_excess(score_fn) -> bool:
     return set(np.flatnonzero(np.asarray(mask))) == {1, 3}
 
 
+def _score(name, ce, r, e, v):
+    return objective.score_tokens(name, objective.ScoreInputs(ce_BxL=ce, valid_BxL=v, ref_ce_BxL=r, ref_entropy_BxL=e))
+
+
 def test_excess_is_signed_not_abs():
-    abs_excess = lambda name, ce, r, e, v: jnp.abs(objective.score_tokens(name, ce, r, e, v))  # noqa: E731
-    assert _keeps_signed_excess(objective.score_tokens)
+    abs_excess = lambda name, ce, r, e, v: jnp.abs(_score(name, ce, r, e, v))  # noqa: E731
+    assert _keeps_signed_excess(_score)
     assert not _keeps_signed_excess(abs_excess)
 
 
@@ -48,7 +52,7 @@ def _ce_predicts_the_next_token(c, m_cfg, params, batch) -> bool:
     ce = np.asarray(train.loss_and_grads(spec, params, batch, 0, jax.random.PRNGKey(0))[2])
     logits = np.asarray(model.forward(m_cfg, params, batch["tokens"], batch["positions"], batch["segment_ids"]))
     logp = jax.nn.log_softmax(logits, axis=-1)
-    _, valid = objective.shift_targets(batch["tokens"], batch["segment_ids"])
+    _, valid = ce_lib.shift_targets(batch["tokens"], batch["segment_ids"])
     want = -np.take_along_axis(np.asarray(logp)[:, :-1], batch["tokens"][:, 1:, None], -1)[..., 0]
     valid = np.asarray(valid)[:, :-1]
     return np.allclose(ce[:, :-1][valid], want[valid], atol=1e-5)
@@ -59,13 +63,13 @@ def test_labels_are_shifted_exactly_once(setup, monkeypatch):
     c = tiny_config(mode="clm")
     batch = packed_batch(0)
     assert _ce_predicts_the_next_token(c, m_cfg, params, batch)
-    shift = objective.shift_targets
+    shift = ce_lib.shift_targets
 
     def shifted_twice(tokens, seg):  # the labels shifted again after the model's own shift
         targets, valid = shift(tokens, seg)
         return shift(targets, seg)[0], valid
 
-    monkeypatch.setattr(train.objective, "shift_targets", shifted_twice)
+    monkeypatch.setattr(train.ce_lib, "shift_targets", shifted_twice)
     assert not _ce_predicts_the_next_token(c, m_cfg, params, batch)
 
 
@@ -102,8 +106,8 @@ def test_unselected_tokens_stay_in_attention(setup):
     def selection_as_attention_mask(batch):  # the first batch's unselected positions hidden from every query
         w = first.setdefault("w", real(batch)[1])
         seg = np.where(np.asarray(w) > 0, batch["segment_ids"], -1 - np.arange(batch["tokens"].shape[1]))
-        targets, _ = objective.shift_targets(batch["tokens"], batch["segment_ids"])
-        masked_ce, _ = score.token_ce(m_cfg, params, {**batch, "segment_ids": seg}, targets)
+        targets, _ = ce_lib.shift_targets(batch["tokens"], batch["segment_ids"])
+        masked_ce, _ = ce_lib.token_ce(m_cfg, params, {**batch, "segment_ids": seg}, targets)
         return masked_ce, w
 
     assert _unselected_tokens_are_context(real)
@@ -115,7 +119,7 @@ def test_unselected_tokens_stay_in_attention(setup):
 def test_accumulation_normalises_once_with_uneven_selection(setup):
     c, m_cfg, params, ref = setup
     b = with_cached_scores(packed_batch(2), m_cfg, ref)
-    # micro-batch i holds rows i, i+4 (accumulate.micro): make rows 0 and 4 far more "excess" than the rest
+    # micro-batch i holds rows i, i+4 (microbatch.split): make rows 0 and 4 far more "excess" than the rest
     b["ref_ce"] = b["ref_ce"] - np.where(np.isin(np.arange(8), [0, 4])[:, None], 5.0, 0.0).astype(np.float32)
     grads = {}
     for a in (1, 4):
@@ -133,14 +137,14 @@ def test_accumulation_normalises_once_with_uneven_selection(setup):
 
     # the buggy variant: each micro-batch normalised by its own weight sum, then averaged
     _, _, ce1, w1 = grads[1]
-    targets, _ = objective.shift_targets(b["tokens"], b["segment_ids"])
+    targets, _ = ce_lib.shift_targets(b["tokens"], b["segment_ids"])
 
     def micro_mean(p):
         out = 0.0
         for i in range(4):
             rows = np.array([i, i + 4])
             mb = {k: b[k][rows] for k in INPUT_KEYS}
-            ce_mb, _ = score.token_ce(m_cfg, p, mb, targets[rows])
+            ce_mb, _ = ce_lib.token_ce(m_cfg, p, mb, targets[rows])
             out += objective.masked_mean(ce_mb, w1[rows]) / 4
         return out
 

@@ -9,10 +9,19 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rho_jax import objective as O
-from rho_jax import selection as S
+from rho_jax import ce as C
+from rho_jax import goldfish as G
 
 B, L, V = 8, 32, 13
 
+
+
+def objective(ce, valid, ref_ce=None, ref_ent=None, *, rng=None, segment_ids_BxL=None, **selector):
+    """(weight_BxL, stats) of slm_objective with a Selector of `selector` (ratio, score, scope, ...)."""
+    inputs = O.ScoreInputs(ce_BxL=ce, valid_BxL=valid, ref_ce_BxL=ref_ce, ref_entropy_BxL=ref_ent,
+                           segment_ids_BxL=segment_ids_BxL)
+    selection = O.slm_objective(O.Selector(**selector), inputs, rng)
+    return selection.weight_BxL, O.selection_stats(selection, inputs)
 
 def packed(seed):
     """Rows of 1-4 packed documents with padding, including a one-token document and a pad-only row."""
@@ -43,12 +52,12 @@ def layouts():
 def jax_objective(sh, tokens, seg, logits, ref_ce, ref_ent, goldfish=(0, 0), **kw):
     """(weight, loss, dloss/dlogits, valid) from rho_jax, jitted on inputs laid out by `sh`."""
     def f(tokens, seg, logits, ref_ce, ref_ent):
-        targets, valid = O.shift_targets(tokens, seg)
-        valid &= S.goldfish_keep(tokens, seg, *goldfish)
+        targets, valid = C.shift_targets(tokens, seg)
+        valid &= G.goldfish_keep(tokens, seg, *goldfish)
 
         def loss_fn(lg):
-            ce = O.cross_entropy(lg, targets)
-            w, _ = O.slm_objective(ce, valid, ref_ce, ref_ent, segment_ids_BxL=seg, **kw)
+            ce = C.cross_entropy(lg, targets)
+            w, _ = objective(ce, valid, ref_ce, ref_ent, segment_ids_BxL=seg, **kw)
             return O.masked_mean(ce, w), w
 
         (loss, w), g = jax.value_and_grad(loss_fn, has_aux=True)(logits)
@@ -101,7 +110,7 @@ def test_plugin_matches_numpy_reference(name, layout):
 def test_document_scope_selects_exact_k_whole_segments_with_ties_to_first_token():
     # row 0: docs 1 (valid targets at 0, 1) and 2 (3, 4); row 1: doc 3 split around doc 1
     seg = np.array([[1, 1, 1, 2, 2, 2, 0, 0], [3, 3, 1, 1, 1, 3, 3, 0]], np.int32)
-    _, valid = O.shift_targets(np.zeros_like(seg), seg)
+    _, valid = C.shift_targets(np.zeros_like(seg), seg)
     score = np.array([[0, 1, 9, 3, 4, 9, 9, 9], [8, 9, 10, 11, 9, 13, 9, 9]], np.float32)
     # means over valid tokens: (0,1)=.5, (0,2)=3.5, (1,3)=(8+13)/2=10.5, (1,1)=(10+11)/2=10.5 -> tie,
     # broken toward (1,3) whose first token (flat 8) precedes (1,1)'s (flat 10)
@@ -123,7 +132,7 @@ def test_goldfish_mask_is_a_pure_function_of_the_text():
     a_tok[0, :40], a_seg[0, :40] = doc, 1
     a_tok[1, :10], a_seg[1, :10] = rs.randint(0, 50_000, 10), 1
     a_tok[1, 10:50], a_seg[1, 10:50] = doc, 2
-    keep = np.asarray(S.goldfish_keep(a_tok, a_seg, k, h))
+    keep = np.asarray(G.goldfish_keep(a_tok, a_seg, k, h))
     np.testing.assert_array_equal(keep[0, :39], keep[1, 10:49])
     np.testing.assert_array_equal(keep, ref.goldfish_keep(a_tok, a_seg, k, h))
     assert keep[0, :h - 1].all()  # the first h targets of a document (fewer than h context tokens) are kept
@@ -131,28 +140,28 @@ def test_goldfish_mask_is_a_pure_function_of_the_text():
     assert 0 < dropped < 39
     # over many tokens about 1/k are dropped
     big = rs.randint(0, 32_000, (16, 512)).astype(np.int32)
-    frac = 1 - np.asarray(S.goldfish_keep(big, np.ones_like(big), k, h))[:, h - 1:-1].mean()
+    frac = 1 - np.asarray(G.goldfish_keep(big, np.ones_like(big), k, h))[:, h - 1:-1].mean()
     assert abs(frac - 1 / k) < 0.02, frac
-    assert np.asarray(S.goldfish_keep(big, np.ones_like(big), 0, h)).all()  # k = 0: off
+    assert np.asarray(G.goldfish_keep(big, np.ones_like(big), 0, h)).all()  # k = 0: off
 
 
 def test_prob_weights_mean_one_over_selected_and_dft_loss():
     rs = np.random.RandomState(4)
     ce = rs.uniform(0, 5, (B, L)).astype(np.float32)
     mask = rs.rand(B, L) < 0.5
-    w = np.asarray(S.prob_weights(ce, mask))
+    w = np.asarray(O.prob_weights(ce, mask))
     np.testing.assert_allclose(w[mask].mean(), 1.0, rtol=1e-6)
     assert (w[~mask] == 0).all()
     p = np.exp(-ce.astype(np.float64))
     np.testing.assert_allclose(O.masked_mean(ce, w), (p * ce * mask).sum() / (p * mask).sum(), rtol=1e-5)
-    assert np.asarray(S.prob_weights(ce, np.zeros_like(mask))).sum() == 0
+    assert np.asarray(O.prob_weights(ce, np.zeros_like(mask))).sum() == 0
 
 
 def test_target_loss_needs_no_reference():
     tokens, seg, logits, _, _ = packed(5)
-    targets, valid = O.shift_targets(tokens, seg)
-    ce = O.cross_entropy(logits, targets)
-    w, stats = O.slm_objective(ce, valid, None, None, ratio=0.5, score="target_loss")
+    targets, valid = C.shift_targets(tokens, seg)
+    ce = C.cross_entropy(logits, targets)
+    w, stats = objective(ce, valid, None, None, ratio=0.5, score="target_loss")
     assert not O.needs_ref("target_loss") and O.needs_target_ce("target_loss") and "ref_loss" not in stats
     # the hardest half of the valid tokens
     ce_v = np.where(valid, np.asarray(ce), -np.inf)

@@ -11,7 +11,7 @@ from test_train_step import max_diff, mesh_of, packed_batch, run_steps, tiny_con
 from rho_jax.batch import INPUT_KEYS
 from rho_jax import checkpoint as ckpt
 from rho_jax import config as config_lib
-from rho_jax import loop, model, objective, sharding, train
+from rho_jax import ce as ce_lib, loop, model, objective, sharding, train
 
 MESH = (2, 2, 2)
 
@@ -148,7 +148,7 @@ def test_ema_reference_breaks_the_first_steps_ties_at_random():
             state.params, state.ema_params, jax.random.PRNGKey(1))
         assert float(stats["threshold"]) == 0.0  # EMA == target: every score is 0
         picked[ties] = np.asarray(weight_BxL).sum(axis=1)
-    _, valid_BxL = objective.shift_targets(batch["tokens"], batch["segment_ids"])
+    _, valid_BxL = ce_lib.shift_targets(batch["tokens"], batch["segment_ids"])
     k = int(objective.compute_k(int(np.sum(valid_BxL)), 0.5))
     assert picked[False].sum() == picked[True].sum() == k
     assert picked[False][-3:].sum() == 0  # by index: the first rows only

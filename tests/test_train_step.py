@@ -89,7 +89,7 @@ def test_same_masks_and_params_on_every_mesh(ref_params):
         masks[shape] = np.asarray(fn(sharding.place(params0, p_sh), scored))
         finals[shape], _ = run_steps(c, mesh, [batch, packed_batch(1)], ref_params)
     base = masks[(1, 1, 1)]
-    n_valid = int(train.objective.shift_targets(batch["tokens"], batch["segment_ids"])[1].sum())
+    n_valid = int(train.ce_lib.shift_targets(batch["tokens"], batch["segment_ids"])[1].sum())
     assert base.sum() == math.ceil(Fraction(3, 5) * n_valid)  # exact k
     for shape in SHAPES:
         np.testing.assert_array_equal(masks[shape], base, err_msg=f"selection differs on mesh {shape}")

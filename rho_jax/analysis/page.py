@@ -8,7 +8,7 @@ import html
 import jax.numpy as jnp
 import numpy as np
 
-from rho_jax import objective
+from rho_jax import ce as ce_lib, objective
 from rho_jax.losses import token_losses
 
 
@@ -50,7 +50,7 @@ def selected_html(tokenizer, tokens_BxL, segment_ids_BxL, mask_BxL, excess_BxL, 
     Returns `path`."""
     tokens, segs = np.asarray(tokens_BxL), np.asarray(segment_ids_BxL)
     mask, excess = np.asarray(mask_BxL, bool), np.asarray(excess_BxL, np.float64)
-    _, valid = objective.shift_targets(jnp.asarray(tokens, jnp.int32), jnp.asarray(segs, jnp.int32))
+    _, valid = ce_lib.shift_targets(jnp.asarray(tokens, jnp.int32), jnp.asarray(segs, jnp.int32))
     valid = np.asarray(valid)
     finite = excess[valid & np.isfinite(excess)]
     scale = float(np.percentile(np.abs(finite), 98)) if finite.size else 1.0
