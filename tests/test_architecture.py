@@ -5,7 +5,8 @@
     a module on no floor fails, naming itself;
   - no private attribute of another module's or package's object: `x._name` (or getattr(x, "_name")) only
     where this module defines `_name`, and no import of a private name or module (`from jax._src import`);
-  - no function over MAX_FUNCTION_LINES lines (the def line to the last line).
+  - no function over MAX_FUNCTION_LINES lines (the def line to the last line);
+  - no test module imports another (shared test code: tests/helpers.py, tests/processes.py, conftest.py).
 """
 
 import ast
@@ -269,3 +270,14 @@ def test_no_private_attribute_of_another_module(mod):
 def test_no_function_over_80_lines():
     long = {m: f for m, p in _modules().items() if (f := long_functions(p))}
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them by concern): {long}"
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers.py, tests/processes.py or conftest.py fixtures."""
+    bad = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for n in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in n.names] if isinstance(n, ast.Import)
+                     else [n.module or ""] if isinstance(n, ast.ImportFrom) else [])
+            bad += [f"{path.name} imports {m}" for m in names if m.split(".")[0].startswith("test_")]
+    assert not bad, bad
