@@ -61,7 +61,7 @@ class Checkpointer:
     def __init__(self, workdir: str, every: int = 0, keep: int = 3, keep_best: bool = False,
                  async_save: bool = True):
         self.workdir = workdir
-        self.directory = _join(workdir, "checkpoints")
+        self.directory = _join(workdir, CHECKPOINTS_DIR)
         self.every = int(every)
         self._keep, self._keep_best, self._async = keep, keep_best, async_save
         self._writer: ocp.CheckpointManager | None = None
@@ -213,6 +213,35 @@ def _check_finite_tree(state, step):
 def abstract_like(tree, shardings):
     """ShapeDtypeStructs with shardings: the restore target for `Checkpointer.restore`."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+# --- reading a training workdir's checkpoints (analysis, the demo's evaluation): the layout written above ---
+
+CHECKPOINTS_DIR = "checkpoints"  # <workdir>/checkpoints/<step>/{state,meta}
+RUN_CONFIG_FILE = "config.json"  # <workdir>/config.json: the run's resolved config (with MODEL_CONFIG_FILE)
+
+
+def kept_steps(workdir: str) -> list[int]:
+    """The complete checkpoint steps kept in a training workdir, ascending; [] when it has none. Reads only
+    (a save in flight or killed mid-way is not listed)."""
+    return Checkpointer(workdir).all_steps()
+
+
+def workdir_model_config(workdir: str) -> ModelConfig:
+    """The ModelConfig a training workdir records (written before its first step)."""
+    return ModelConfig(**json.loads((epath.Path(workdir) / MODEL_CONFIG_FILE).read_text()))
+
+
+def restore_params(workdir: str, step: int, cfg: ModelConfig | None = None):
+    """The params of a training workdir's checkpoint `step` as host numpy arrays, without the optimizer
+    state (a partial restore of the TrainState). `cfg`: the model, by default the workdir's own."""
+    target = {"params": param_shapes(cfg or workdir_model_config(workdir))}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    path = _join(_join(_join(workdir, CHECKPOINTS_DIR), str(step)), "state")
+    path = epath.Path(path if "://" in path else os.path.abspath(path))
+    out = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+    return out["params"]
 
 
 class PreemptionWatcher:

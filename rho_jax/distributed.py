@@ -92,12 +92,7 @@ def cluster_process_count() -> int:
 
 def is_initialized() -> bool:
     """Whether this process has already joined a JAX distributed runtime."""
-    fn = getattr(jax.distributed, "is_initialized", None)
-    if fn is not None:
-        return bool(fn())
-    from jax._src import distributed as _distributed  # older JAX: no public accessor
-
-    return _distributed.global_state.client is not None
+    return bool(jax.distributed.is_initialized())  # public since before the JAX this package requires
 
 
 def maybe_initialize(

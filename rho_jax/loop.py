@@ -1,15 +1,16 @@
 """The training loop: config -> models -> mesh -> (resume) -> steps -> metrics and checkpoints.
 
-Order of work in `run`:
-  1. validate the config (before any compute, before touching the workdir);
-  2. load or initialise the target and reference models (read-only), check they agree;
-  3. build the mesh, the (lazily compiled) step and the TrainState, restored read-only from the
-     latest good checkpoint onto this mesh, with the input position and counters; build the
-     input and check its vocabulary against the model;
-  4. only now write to the workdir; step (rho_jax.step_loop: step n+1 is dispatched before step n's
-     metrics are read, so the host never syncs per step); log metrics at every log step; save at the interval;
-     on SIGTERM or a preemption notice save at the next step boundary, wait for the save, and
-     return (exit 0); on a non-finite loss stop with an error naming the step (or skip it).
+`run` is four parts:
+  1. `set_up` (reads only): validate the config (before any compute, before touching the workdir); load or
+     initialise the target and reference models (read-only) and check they agree; build the mesh, the
+     (lazily compiled) step and the TrainState, restored from the latest good checkpoint onto this mesh
+     with the input position and counters; build the input and check its vocabulary against the model;
+  2. `open_workdir`: only now write to the workdir (run files, metrics.jsonl cut back to the restored step);
+  3. `StepLoop.run` (rho_jax.step_loop): step n+1 is dispatched before step n's metrics are read, so the host
+     never syncs per step; the periodic actions at step boundaries: log (and `on_log`), evaluate, save at
+     the interval; on SIGTERM or a preemption notice save at the next step boundary, wait for the save, and
+     return (exit 0); on a non-finite loss stop with an error naming the step (or skip it);
+  4. `finish`: wait for the last save, close the writers, export the final model.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rho_jax import flops, paths, sharding, train
 from rho_jax.data import inputs
 from rho_jax.data.vocab import check_vocabularies
 from rho_jax.distributed import maybe_initialize
-from rho_jax.metrics import Counters, MetricsWriter
+from rho_jax.metrics import METRICS_FILE, Counters, MetricsWriter
 from rho_jax.step_loop import NonFiniteLossError, StepLoop  # noqa: F401 - loop.NonFiniteLossError
 
 
@@ -55,7 +56,7 @@ def write_run_files(workdir: str, config, t_cfg):
         return
     wd = epath.Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
-    (wd / "config.json").write_text(config.to_json(indent=1))
+    (wd / ckpt.RUN_CONFIG_FILE).write_text(config.to_json(indent=1))
     (wd / ckpt.MODEL_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(t_cfg), indent=1))
 
 
@@ -145,23 +146,83 @@ class Trainer:
 
 
 def run(config, make_input: Callable[[Any, dict | None], Iterator[dict]] | None = None,
-        trainer: Trainer | None = None) -> dict:
+        trainer: Trainer | None = None, on_log: Callable[[dict], None] | None = None) -> dict:
     """Trains to config.train.steps (resuming if a checkpoint exists). Returns the last metrics row.
 
     `make_input(config, input_state) -> iterator` yields host-local numpy batches and has
-    `get_state()`; None uses `rho_jax.data.inputs.input_for_training`. Every check (config, models,
-    vocabulary, checkpoint) runs before anything is written to config.workdir or compiled.
+    `get_state()`; None uses `rho_jax.data.inputs.input_for_training`. `on_log(row)` is called with
+    each metrics row as it is written (the row of metrics.jsonl: step, losses, counters, eval).
+    Every check (config, models, vocabulary, checkpoint) runs before anything is written to
+    config.workdir or compiled.
     """
     config = paths.resolve_paths(config)  # relative paths: against the directory the run started in
     maybe_initialize()
     with ckpt.PreemptionWatcher() as preempt:  # a SIGTERM from here on saves at the next step boundary
-        return _run(config, make_input, trainer, preempt)
+        setup = set_up(config, make_input, trainer)
+        writer = open_workdir(config, setup)
+        state, step, row = StepLoop(config, setup.trainer, setup.batches, setup.checkpointer, writer, setup.counters,
+                                    setup.heldout, preempt, on_log).run(setup.state, int(setup.state.step))
+        return finish(config, setup, writer, state, step, row)
+
+
+@dataclasses.dataclass
+class RunSetUp:
+    """What `set_up` built, every check passed and nothing written yet: the state to start from (restored
+    or fresh), the counters and input position that came with it, the held-out sets."""
+    trainer: Trainer
+    checkpointer: ckpt.Checkpointer
+    batches: Iterator[dict]
+    state: train.TrainState
+    counters: Counters
+    heldout: dict
+    restored_step: int | None  # None: a fresh run
+
+
+def set_up(config, make_input=None, trainer: Trainer | None = None) -> RunSetUp:
+    """Validates the config, loads the models (read-only), restores the latest good checkpoint onto the
+    mesh and opens the input at its position. Reads only: config.workdir is not written."""
+    config_lib.validate(config, jax.device_count(), purpose="train")  # once per run, before anything else
+    trainer = trainer or Trainer(config)  # loads the models read-only and checks them; jit compiles lazily
+    make_input = make_input or inputs.input_for_training
+    check_workdir_model(config.workdir, trainer.spec.model)  # before Orbax reads a checkpoint of another shape
+    c = config.checkpoint
+    checkpointer = ckpt.Checkpointer(config.workdir, c.every, c.keep, c.keep_best, c.async_save)
+    restored = checkpointer.restore(trainer.abstract_state())  # reads only; falls back past a bad latest step
+    input_state, counters, state, restored_step = None, Counters(), None, None
+    if restored is not None:
+        state, meta, restored_step = restored
+        input_state, counters = meta.get("input"), Counters(**meta.get("counters", {}))
+        print(f"resumed from checkpoint step {restored_step} in {checkpointer.directory}", flush=True)
+    batches = make_input(config, input_state)
+    check_vocabularies(tokenizer=getattr(batches, "vocab_size", None), target=trainer.spec.model.vocab_size)
+    if state is None:
+        state = trainer.init_state()  # the first compute, after every check
+    heldout = inputs.heldout_sets(config) if config.eval.every > 0 else {}
+    return RunSetUp(trainer, checkpointer, batches, state, counters, heldout, restored_step)
+
+
+def open_workdir(config, setup: RunSetUp) -> MetricsWriter:
+    """Every check has passed: from here on the workdir is written. The run files, metrics.jsonl cut back to
+    the restored step (a killed run wrote rows past its last checkpoint), and the writer that appends to it."""
+    write_run_files(config.workdir, config, setup.trainer.spec.model)
+    _trim_metrics(config.workdir, setup.restored_step or 0)
+    return MetricsWriter(config.workdir)
+
+
+def finish(config, setup: RunSetUp, writer: MetricsWriter, state, step: int, row: dict) -> dict:
+    """Waits for the last save, closes the writers and, at config.train.steps, exports the final model
+    (not after a preemption). Returns the last metrics row with its step."""
+    setup.checkpointer.close()
+    writer.close()
+    if step >= config.train.steps:
+        export_final(config.workdir, setup.trainer.spec.model, state.params, step)
+    return {"step": step, **row}
 
 
 def _trim_metrics(workdir: str, step: int) -> None:
     """Drops metrics.jsonl rows after `step`: a run killed after its last checkpoint wrote them, and
     the resumed run writes them again."""
-    path = epath.Path(workdir) / "metrics.jsonl"
+    path = epath.Path(workdir) / METRICS_FILE
     if jax.process_index() != 0 or not path.exists():
         return
     lines = path.read_text().splitlines()
@@ -171,44 +232,9 @@ def _trim_metrics(workdir: str, step: int) -> None:
         if "://" in workdir:  # a GCS object is replaced whole; a rename there is a copy
             path.write_text(text)
             return
-        tmp = epath.Path(workdir) / "metrics.jsonl.tmp"
+        tmp = epath.Path(workdir) / (METRICS_FILE + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-
-
-def _run(config, make_input, trainer, preempt) -> dict:
-    workdir, tc = config.workdir, config.train
-    config_lib.validate(config, jax.device_count(), purpose="train")  # once per run, before anything else
-    trainer = trainer or Trainer(config)  # loads the models read-only and checks them; jit compiles lazily
-    make_input = make_input or inputs.input_for_training
-    check_workdir_model(workdir, trainer.spec.model)  # before Orbax reads a checkpoint of another shape
-    checkpointer = ckpt.Checkpointer(workdir, config.checkpoint.every, config.checkpoint.keep,
-                                     config.checkpoint.keep_best, config.checkpoint.async_save)
-    restored = checkpointer.restore(trainer.abstract_state())  # reads only; falls back past a bad latest step
-    input_state, counters = None, Counters()
-    if restored is not None:
-        state, meta, step = restored
-        input_state, counters = meta.get("input"), Counters(**meta.get("counters", {}))
-        print(f"resumed from checkpoint step {step} in {checkpointer.directory}", flush=True)
-    batches = make_input(config, input_state)
-    check_vocabularies(tokenizer=getattr(batches, "vocab_size", None), target=trainer.spec.model.vocab_size)
-    if restored is None:
-        state = trainer.init_state()  # the first compute, after every check
-    heldout = {}
-    if config.eval.every > 0:
-        heldout = inputs.heldout_sets(config)
-    # Every check has passed: from here on the workdir is written.
-    write_run_files(workdir, config, trainer.spec.model)
-    _trim_metrics(workdir, restored[2] if restored is not None else 0)
-    writer = MetricsWriter(workdir)
-    step = int(state.step)
-    steps = StepLoop(config, trainer, batches, checkpointer, writer, counters, heldout, preempt)
-    state, step, row = steps.run(state, step)
-    checkpointer.close()
-    writer.close()
-    if step >= tc.steps:
-        export_final(workdir, trainer.spec.model, state.params, step)
-    return {"step": step, **row}
 
 
 def export_final(workdir: str, cfg, params, step: int | None = None) -> None:

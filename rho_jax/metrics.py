@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from etils import epath
 
+METRICS_FILE = "metrics.jsonl"  # in the workdir: one JSON row per logged step
+
 
 @dataclasses.dataclass
 class Counters:
@@ -50,7 +52,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self.path = epath.Path(workdir) / METRICS_FILE
         self._remote = "://" in workdir
         self._text = ""  # remote: the whole file, rewritten at each write
         self._tb = None
@@ -87,5 +89,5 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    text = (epath.Path(workdir) / "metrics.jsonl").read_text()
+    text = (epath.Path(workdir) / METRICS_FILE).read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]

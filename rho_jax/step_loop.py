@@ -1,11 +1,14 @@
-"""The training loop's inner loop: step, read metrics one step late, log, evaluate, save, stop.
+"""The training loop's inner loop: step, read metrics one step late; the periodic actions (log and `on_log`,
+evaluate, save, stop on a preemption or a non-finite loss).
 
-`loop.run` sets everything up (config, models, mesh, resume, input, workdir) and hands over to `StepLoop.run`.
+`loop.set_up` builds everything (config, models, mesh, resume, input), `loop.open_workdir` the metrics writer,
+and `loop.run` hands over to `StepLoop.run`.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import jax
 
@@ -25,10 +28,12 @@ class StepLoop:
     before anything else is dispatched, so a checkpoint only ever holds steps known to be finite, with the
     input state and counters of exactly that step."""
 
-    def __init__(self, config, trainer, batches, checkpointer, writer, counters, heldout, preempt):
+    def __init__(self, config, trainer, batches, checkpointer, writer, counters, heldout, preempt,
+                 on_log: Callable[[dict], None] | None = None):
+        """`on_log(row)` is called with each metrics row as it is written (after metrics.jsonl has it)."""
         self.config, self.tc, self.trainer, self.batches = config, config.train, trainer, batches
         self.checkpointer, self.writer, self.counters, self.heldout = checkpointer, writer, counters, heldout
-        self.preempt = preempt
+        self.preempt, self.on_log = preempt, on_log
         self.batch_tokens = self.tc.batch_size * config.data.seq_len
         self.flops_per_step = self.batch_tokens * sum(trainer.stage_flops.values())
         self.row: dict = {}
@@ -40,14 +45,14 @@ class StepLoop:
 
     def run(self, state, step: int):
         """Steps from `step` to config.train.steps (or a preemption). Returns (state, step, last row)."""
-        tc, checkpointer, batches = self.tc, self.checkpointer, self.batches
+        tc, batches = self.tc, self.batches
         batch = self.trainer.global_batch(next(batches)) if step < tc.steps else None
         pending = None  # (step, metrics as device arrays) dispatched but not yet read
         while step < tc.steps:
             state, metrics = self.trainer.train_step(state, batch)  # asynchronous: the device runs it
             step += 1
-            preempted = self.preempt.requested or checkpointer.reached_preemption(step)
-            if not (preempted or step == tc.steps or checkpointer.should_save(step) or self._eval_now(step)):
+            preempted = self.preempt.requested or self.checkpointer.reached_preemption(step)
+            if not (preempted or self._boundary(step)):
                 batch = self.trainer.global_batch(next(batches))  # the next batch, while step `step` runs
                 if pending is not None:
                     self._finish(*pending)  # waits for the previous step only
@@ -57,20 +62,31 @@ class StepLoop:
                 self._finish(*pending)
             pending = None
             self._finish(step, metrics, state.params)
-            if preempted:
-                print(f"preemption requested: saving a checkpoint at step {step}", flush=True)
-            if checkpointer.should_save(step) or step == tc.steps or preempted:
-                meta = {"input": batches.get_state(), "counters": self.counters.to_dict()}
-                checkpointer.save(step, state, meta, eval_loss=self.last_eval.get("eval_loss"),
-                                  force=step == tc.steps or preempted)
-            if preempted:
-                checkpointer.wait()
-                print(f"preempted: saved checkpoint at step {step} in {checkpointer.directory}; exiting cleanly",
-                      flush=True)
+            if self._periodic(state, step, preempted):
                 break
             if step < tc.steps:
                 batch = self.trainer.global_batch(next(batches))
         return state, step, self.row
+
+    def _boundary(self, step: int) -> bool:
+        """Steps read before anything else is dispatched: the last, a save, an evaluation."""
+        return step == self.tc.steps or self.checkpointer.should_save(step) or self._eval_now(step)
+
+    def _periodic(self, state, step: int, preempted: bool) -> bool:
+        """The actions at a boundary step, once its metrics are read (and logged, with eval): the save at the
+        interval, at the end or on a preemption. True when the run stops here (preempted, the save complete)."""
+        checkpointer = self.checkpointer
+        if preempted:
+            print(f"preemption requested: saving a checkpoint at step {step}", flush=True)
+        if checkpointer.should_save(step) or step == self.tc.steps or preempted:
+            meta = {"input": self.batches.get_state(), "counters": self.counters.to_dict()}
+            checkpointer.save(step, state, meta, eval_loss=self.last_eval.get("eval_loss"),
+                              force=step == self.tc.steps or preempted)
+        if preempted:
+            checkpointer.wait()
+            print(f"preempted: saved checkpoint at step {step} in {checkpointer.directory}; exiting cleanly",
+                  flush=True)
+        return preempted
 
     def _finish(self, step: int, metrics, params=None) -> None:
         """Reads step `step`'s metrics: NaN policy, exact counters, the log row (with eval when `params`)."""
@@ -96,6 +112,8 @@ class StepLoop:
             self.last_eval = self._evaluate(params)
             row.update(self.last_eval)
         self.row = self.writer.write(step, row)
+        if self.on_log is not None:
+            self.on_log(self.row)
         self.t_last, self.steps_since = time.perf_counter(), 0  # eval time never counts as training time
 
     def _evaluate(self, params) -> dict:

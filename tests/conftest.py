@@ -7,17 +7,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
+
+import processes  # noqa: E402 - tests/ is on sys.path (pytest's rootdir conftest)
 
 
 def _prepared(tmp_path_factory, seq_len: int):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import kill_test
-
-    return kill_test.make_prepared(tmp_path_factory.mktemp("prepared") / f"seq{seq_len}", seq_len=seq_len)
+    return processes.make_prepared(tmp_path_factory.mktemp("prepared") / f"seq{seq_len}", seq_len=seq_len)
 
 
 @pytest.fixture(scope="session")

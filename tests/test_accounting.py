@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from test_train_step import tiny_config
+from helpers import tiny_config
 
 from rho_jax import config as config_lib
 from rho_jax import estimate, flops, train

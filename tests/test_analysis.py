@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from rho_jax import analysis, cli
+from rho_jax import checkpoint
 from rho_jax.checkpoint import Checkpointer
 from rho_jax.data.vocab import train_sentencepiece
 from rho_jax.losses import heldout_loss
@@ -157,8 +158,8 @@ def test_checkpoint_params_restore_without_optimizer_state(tiny, tmp_path):
         state = TrainState(step=jnp.int32(step), params=p, opt_state=tx.init(p), rng=jax.random.PRNGKey(0))
         ckpt.save(step, state, {"input": {}})
     ckpt.close()
-    assert analysis.checkpoint_steps(str(tmp_path)) == [2, 5]
-    got = analysis.load_checkpoint_params(str(tmp_path), 5, cfg)
+    assert checkpoint.kept_steps(str(tmp_path)) == [2, 5]
+    got = checkpoint.restore_params(str(tmp_path), 5, cfg)
     jax.tree.map(np.testing.assert_array_equal, got, other)
 
 

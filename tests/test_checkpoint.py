@@ -165,10 +165,12 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint_or_skips(t
 
     skip = small_config(tmp_path, "skip", steps=5, prepared=prepared32)
     skip.init.target, skip.train.nan_policy = stop.init.target, "skip"
-    out = loop.run(skip, trainer=trainer)
+    logged = []
+    out = loop.run(skip, trainer=trainer, on_log=logged.append)
     assert out["step"] == 5
     rows = read_metrics(skip.workdir)
     assert [(r["step"], r["finite"]) for r in rows] == [(1, 1), (2, 1), (3, 0), (4, 1), (5, 1)]
+    assert logged == rows  # on_log gets each row as metrics.jsonl has it
     assert (tmp_path / "skip" / "final" / ckpt.MODEL_CONFIG_FILE).exists()
     assert json.loads((tmp_path / "skip" / "config.json").read_text())["train"]["nan_policy"] == "skip"
 

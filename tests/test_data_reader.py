@@ -15,14 +15,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import processes as kt
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import kill_test as kt  # noqa: E402
+from rho_jax.data import reader, rows, vocab
+from rho_jax.data.rows import DataError
 
-from rho_jax.data import reader, rows, vocab  # noqa: E402
-from rho_jax.data.rows import DataError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SEQ = 32
 VOCAB_ID = vocab.vocabulary_identity("")

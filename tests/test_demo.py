@@ -184,6 +184,36 @@ def test_prepare_source_never_asks_for_fewer_shards_than_a_rerun_finds(tmp_path,
     assert demo.prepare_source(pc, "s", "train", out, 150) == 400 and asked == [4]
 
 
+def test_progress_bar_shows_the_losses_the_loop_logs_through_on_log(monkeypatch):
+    """The bar counts the batches the loop reads and shows each logged row's losses (from `on_log`, not
+    from metrics.jsonl: the fake loop writes no file)."""
+    from rho_jax.demo import pipeline
+
+    class Pipe:
+        step = 2
+
+        def __next__(self):
+            return {"tokens": 0}
+
+    bars = []
+
+    def fake_run(cfg, make_input, on_log):
+        batches = make_input(cfg, None)
+        bars.append(batches.bar)
+        next(batches), next(batches)
+        on_log({"step": 4, "loss": 2.34567, "eval_loss/clean": 3.0, "eval_loss": 3.0, "lr": 0.1})
+        assert batches.bar.postfix == "loss=2.346, eval_loss=3.000"
+        on_log({"step": 5, "loss": 1.5})
+        assert batches.step == 2  # other attributes are the pipeline's
+
+    monkeypatch.setattr(pipeline, "input_for_training", lambda config, state: Pipe())
+    monkeypatch.setattr(pipeline.loop, "run", fake_run)
+    cfg = config_lib.base_config()
+    cfg.train.steps = 9
+    pipeline.train_stage(cfg, "clm")
+    assert bars[0].n == 4 and bars[0].postfix == "loss=1.500"
+
+
 def test_bad_demo_config_is_refused_before_any_work(tmp_path):
     dc = _tiny(tmp_path / "demo")
     dc.cpt.ratio = 1.5

@@ -4,9 +4,9 @@ the result does not depend on the mesh, and it differs from the exact global sel
 
 import jax
 import numpy as np
+from helpers import max_diff, mesh_of, packed_batch, run_steps, tiny_config, with_cached_scores
 
 from rho_jax import ce as ce_lib, config as config_lib, model, objective, train
-from test_train_step import max_diff, mesh_of, packed_batch, run_steps, tiny_config, with_cached_scores
 
 A = 4
 

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import packed_batch
 
 from rho_jax import ce as ce_lib, model, objective
-from test_train_step import packed_batch
 
 BASE = model.ModelConfig(vocab_size=97, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=64, max_positions=64)
 

@@ -10,11 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import processes as kt
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import kill_test as kt  # noqa: E402
 
 TIMEOUT_S = 300
 STEPS = 3

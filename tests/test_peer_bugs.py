@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train_step import mesh_of, packed_batch, tiny_config, with_cached_scores
+from helpers import mesh_of, packed_batch, tiny_config, with_cached_scores
 
 from rho_jax.batch import INPUT_KEYS
 from rho_jax import config as config_lib

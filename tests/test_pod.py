@@ -14,18 +14,16 @@ a tiny model, cached reference scores and real text.
 
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
+import processes as kt
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import kill_test as kt  # noqa: E402
+from rho_jax.data import rows, scores
+from rho_jax.metrics import read_metrics
 
-from rho_jax.data import rows, scores  # noqa: E402
-from rho_jax.metrics import read_metrics  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PROCESSES, DEVICES = 4, 4
 SEQ, STEPS, KILL_AFTER = 32, 6, 2

@@ -5,16 +5,12 @@ SIGTERM saves that step and exits 0; a truncated latest checkpoint falls back to
 
 import random
 import signal
-import sys
 import time
-from pathlib import Path
 
+import processes as kt
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import kill_test as kt  # noqa: E402
-
-from rho_jax.metrics import read_metrics  # noqa: E402
+from rho_jax.metrics import read_metrics
 
 STEPS = 12
 pytestmark = pytest.mark.slow

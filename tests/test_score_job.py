@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-sys.path.insert(0, str(REPO))
-import kill_test as kt  # noqa: E402
+sys.path.insert(0, str(REPO))  # configs/
+import processes as kt  # noqa: E402
 from configs import tiny  # noqa: E402
 
 from rho_jax import checkpoint, score, score_job  # noqa: E402

@@ -6,7 +6,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from test_train_step import max_diff, mesh_of, packed_batch, run_steps, tiny_config, with_cached_scores
+from helpers import max_diff, mesh_of, packed_batch, run_steps, tiny_config, with_cached_scores
 
 from rho_jax.batch import INPUT_KEYS
 from rho_jax import checkpoint as ckpt

@@ -11,7 +11,7 @@ from rho_jax import checkpoint
 from rho_jax.analysis.categories import PAPER_SPLIT, checkpoint_categories
 from rho_jax.analysis.page import selection_page
 from rho_jax.analysis.plots import plot_categories, plot_heldout, plot_selected_fraction, plot_selected_vs_unselected
-from rho_jax.analysis.runs import checkpoint_steps, discover_runs, load_checkpoint_params, run_config
+from rho_jax.analysis.runs import discover_runs, run_config
 from rho_jax.config import ConfigError
 from rho_jax.data.inputs import heldout_dirs, heldout_rows
 from rho_jax.data.vocab import load_text_tokenizer
@@ -21,14 +21,14 @@ from rho_jax.metrics import read_metrics
 
 def _run_categories(run_dir: str, rows: int, batch_size: int) -> dict:
     config, cfg = run_config(run_dir)
-    steps = checkpoint_steps(run_dir)
+    steps = checkpoint.kept_steps(run_dir)
     if len(steps) < 2:
         raise ValueError(f"{run_dir} has {len(steps)} checkpoint(s); categories need >= 2")
     # The held-out rows the run evaluates on (config.eval.sources' first), else its training rows.
     dirs = heldout_dirs(config) if config.eval.prepared else {config.data.source: config.data.prepared}
     source, prepared = next(iter(dirs.items()))
     examples = heldout_rows(config, prepared, rows)
-    cats = checkpoint_categories(cfg, [load_checkpoint_params(run_dir, s, cfg) for s in steps], examples, steps,
+    cats = checkpoint_categories(cfg, [checkpoint.restore_params(run_dir, s, cfg) for s in steps], examples, steps,
                                  batch_size=batch_size)
     return {"steps": steps, "source": source, "rows": int(len(examples["tokens"])), "tokens": cats["tokens"],
             "split": cats["split"]}
@@ -43,7 +43,7 @@ def _run_html(run_dir: str, vocab: str, reference: str, path: str, rows: int, ba
     if os.path.isdir(os.path.join(run_dir, "final")):
         cfg, params = checkpoint.load_weights(os.path.join(run_dir, "final"), "target")
     else:
-        params = load_checkpoint_params(run_dir, checkpoint_steps(run_dir)[-1], cfg)
+        params = checkpoint.restore_params(run_dir, checkpoint.kept_steps(run_dir)[-1], cfg)
     examples = heldout_rows(config, config.data.prepared, rows)
     title = (f"{os.path.basename(run_dir)}: tokens the final model would select (excess loss vs the reference, "
              f"ratio {config.objective.ratio}, top-k over these {len(examples['tokens'])} rows)")

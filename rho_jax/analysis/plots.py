@@ -11,7 +11,8 @@ import numpy as np
 from rho_jax.analysis.categories import CATEGORIES, PAPER_SPLIT
 
 
-def _figure(path: str, draw, title: str, xlabel: str, ylabel: str) -> str:
+def save_figure(path: str, draw, title: str, xlabel: str, ylabel: str) -> str:
+    """One 640x400 PNG at `path`: `draw(ax)` plots, then title, axis labels, grid and legend. Returns `path`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy on purpose: see the module docstring
     from matplotlib.figure import Figure
 
@@ -50,7 +51,7 @@ def _plot_lines(runs: dict, key: str, path: str, title: str, ylabel: str, x_keys
         for name, (x, y, _) in lines.items():
             ax.plot(x, y, marker="o", markersize=3, label=name)
 
-    return _figure(path, draw, title, x_key.replace("_", " "), ylabel)
+    return save_figure(path, draw, title, x_key.replace("_", " "), ylabel)
 
 
 def plot_heldout(runs: dict, path: str, key: str = "eval_loss") -> str:
@@ -80,7 +81,7 @@ def plot_heldout_bands(groups: dict, path: str, key: str = "eval_loss") -> str:
             ax.fill_between(x, mean_P - std_P, mean_P + std_P, color=line.get_color(), alpha=0.2, linewidth=0)
 
     x_key = next(iter(curves.values()))[4]
-    return _figure(path, draw, "Held-out loss (band: ± std over seeds)", x_key.replace("_", " "),
+    return save_figure(path, draw, "Held-out loss (band: ± std over seeds)", x_key.replace("_", " "),
                    f"{key} (nats/token)")
 
 
@@ -101,7 +102,7 @@ def plot_selected_vs_unselected(rows, path: str) -> str:
         for name, (x, y, _) in series.items():
             ax.plot(x, y, marker="o", markersize=3, label={"loss": "selected (loss)"}.get(name, name))
 
-    return _figure(path, draw, "Training loss: selected vs unselected tokens", "step", "CE (nats/token)")
+    return save_figure(path, draw, "Training loss: selected vs unselected tokens", "step", "CE (nats/token)")
 
 
 def plot_categories(split: dict, path: str, paper: dict = PAPER_SPLIT) -> str:
@@ -112,4 +113,4 @@ def plot_categories(split: dict, path: str, paper: dict = PAPER_SPLIT) -> str:
         ax.bar(x + 0.2, [paper[c] for c in CATEGORIES], 0.4, label="Rho-1 paper")
         ax.set_xticks(x, CATEGORIES)
 
-    return _figure(path, draw, "Token categories over checkpoints", "category", "fraction of tokens")
+    return save_figure(path, draw, "Token categories over checkpoints", "category", "fraction of tokens")

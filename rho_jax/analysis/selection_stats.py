@@ -48,7 +48,7 @@ def excess_histogram(first, last, bins: int = 40) -> dict:
 
 def plot_excess_histogram(hist: dict, labels: tuple[str, str], path: str) -> str:
     """Two step histograms of the excess loss (nats) on shared bins, as a PNG."""
-    from rho_jax.analysis.plots import _figure  # matplotlib stays lazy
+    from rho_jax.analysis.plots import save_figure  # matplotlib stays lazy
 
     edges = np.asarray(hist["edges"])
 
@@ -57,5 +57,5 @@ def plot_excess_histogram(hist: dict, labels: tuple[str, str], path: str) -> str
             ax.stairs(hist[key], edges, label=label)
         ax.axvline(0.0, color="grey", lw=0.8)
 
-    return _figure(path, draw, "Excess loss of the noisy-corpus tokens (target CE - reference CE)",
+    return save_figure(path, draw, "Excess loss of the noisy-corpus tokens (target CE - reference CE)",
                    "excess loss (nats)", "tokens")

@@ -30,9 +30,9 @@ def _rows(dc, cfg) -> tuple[dict, np.ndarray]:
 def _clm_categories(dc, m_cfg, ex, valid_NxL) -> np.ndarray:
     """str [N, L]: each valid token's category over the first seed's CLM checkpoints ('' elsewhere)."""
     cfg = stage_config(dc, "clm")
-    steps = analysis.checkpoint_steps(cfg.workdir)
+    steps = checkpoint.kept_steps(cfg.workdir)
     xs = [tokens_at(read_metrics(cfg.workdir), s, cfg) for s in steps]
-    params = [analysis.load_checkpoint_params(cfg.workdir, s, m_cfg) for s in steps]
+    params = [checkpoint.restore_params(cfg.workdir, s, m_cfg) for s in steps]
     losses_KxNxL = token_losses(m_cfg, params, ex, dc.eval.batch_size)
     ok_NxL = valid_NxL & np.all(np.isfinite(losses_KxNxL), axis=0)
     out = np.full(valid_NxL.shape, "", dtype=object)
@@ -47,8 +47,8 @@ def selection_diagnostics(dc, m_cfg, base_params, plot_path: str) -> dict:
     ex, comp_N = _rows(dc, cfg)
     ref_cfg, ref_params = checkpoint.load_weights(cfg.init.reference, "reference")
     ref_ce_NxL = token_losses(ref_cfg, [ref_params], ex, dc.eval.batch_size)[0]
-    steps = analysis.checkpoint_steps(cfg.workdir)
-    params = [base_params] + [analysis.load_checkpoint_params(cfg.workdir, s, m_cfg) for s in steps]
+    steps = checkpoint.kept_steps(cfg.workdir)
+    params = [base_params] + [checkpoint.restore_params(cfg.workdir, s, m_cfg) for s in steps]
     ce_KxNxL = token_losses(m_cfg, params, ex, dc.eval.batch_size)
     valid_NxL = np.isfinite(ref_ce_NxL) & np.all(np.isfinite(ce_KxNxL), axis=0)
     excess_KxNxL = np.where(valid_NxL, ce_KxNxL - ref_ce_NxL, 0.0)

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 from rho_jax import checkpoint, evaluate, losses
-from rho_jax.analysis import checkpoint_steps, load_checkpoint_params
 from rho_jax.data.corpora import eval_examples
 from rho_jax.data.inputs import heldout_sets
 from rho_jax.data.vocab import load_text_tokenizer
@@ -104,8 +103,8 @@ def evaluate_runs(dc, say=print) -> dict:
         else:
             run_dir = stage_config(dc, stage, seed=seed).workdir
             rows = read_metrics(run_dir)
-            for step in checkpoint_steps(run_dir):
-                p = load_checkpoint_params(run_dir, step, m_cfg)
+            for step in checkpoint.kept_steps(run_dir):
+                p = checkpoint.restore_params(run_dir, step, m_cfg)
                 res["checkpoints"].append({"step": step, "tokens_processed": tokens_at(rows, step, cfg_clm),
                                            "solution_loss": solution_loss(m_cfg, p)})
         res["answer_n"] = {t: len(items) for t, items in answer_items.items()}

@@ -25,10 +25,10 @@ from rho_jax.demo.table import table_text
 
 
 class _Progress:
-    """The loop's input iterator, advancing a tqdm bar (steps) and showing the latest logged losses."""
+    """The loop's input iterator, advancing a tqdm bar by one step per batch read."""
 
-    def __init__(self, pipe, bar, metrics_path: Path):
-        self.pipe, self.bar, self.metrics_path, self._seen = pipe, bar, metrics_path, 0
+    def __init__(self, pipe, bar):
+        self.pipe, self.bar = pipe, bar
 
     def __iter__(self):
         return self
@@ -36,14 +36,16 @@ class _Progress:
     def __next__(self):
         batch = next(self.pipe)
         self.bar.update(1)
-        if self.metrics_path.exists() and self.metrics_path.stat().st_size != self._seen:
-            self._seen = self.metrics_path.stat().st_size
-            row = json.loads(self.metrics_path.read_text().strip().rsplit("\n", 1)[-1])
-            self.bar.set_postfix({k.split("/")[-1]: f"{row[k]:.3f}" for k in ("loss", "eval_loss") if k in row})
         return batch
 
     def __getattr__(self, name):  # get_state, vocab_size, ...
         return getattr(self.pipe, name)
+
+
+def show_losses(bars: list, row: dict) -> None:
+    """The loop's `on_log`: the logged row's losses on the latest bar (the one the running loop advances)."""
+    if bars:
+        bars[-1].set_postfix({k.split("/")[-1]: f"{row[k]:.3f}" for k in ("loss", "eval_loss") if k in row})
 
 
 def train_stage(cfg, desc: str) -> None:
@@ -54,14 +56,13 @@ def train_stage(cfg, desc: str) -> None:
         pipe = input_for_training(config, input_state)
         bar = tqdm(total=config.train.steps, initial=pipe.step, desc=desc, unit="step", dynamic_ncols=True)
         bars.append(bar)
-        return _Progress(pipe, bar, Path(config.workdir) / "metrics.jsonl")
+        return _Progress(pipe, bar)
 
     try:
-        loop.run(cfg, make_input=make_input)
+        loop.run(cfg, make_input=make_input, on_log=lambda row: show_losses(bars, row))
     finally:
         for bar in bars:
             bar.close()
-
 
 
 def _say(msg: str) -> None:

@@ -24,8 +24,8 @@ def _categories(dc, m_cfg) -> dict:
     left out: its step to the first checkpoint is the domain shift, not continual pretraining."""
     cfg = stage_config(dc, "clm")
     rows = read_metrics(cfg.workdir)
-    steps = analysis.checkpoint_steps(cfg.workdir)
-    params = [analysis.load_checkpoint_params(cfg.workdir, s, m_cfg) for s in steps]
+    steps = checkpoint.kept_steps(cfg.workdir)
+    params = [checkpoint.restore_params(cfg.workdir, s, m_cfg) for s in steps]
     xs = [tokens_at(rows, s, cfg) for s in steps]
     sets = {"heldout": next(iter(heldout_sets(cfg).values())),
             "noisy": heldout_rows(cfg, cfg.data.prepared, dc.analysis.category_rows)}
