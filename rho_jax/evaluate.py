@@ -22,7 +22,7 @@ from etils import epath
 from rho_jax import losses, storage
 from rho_jax.answers import is_numeric_answer, score_completions
 from rho_jax.batch import INPUT_KEYS
-from rho_jax.checkpoint import load_weights  # `checkpoint` names command()'s argument
+from rho_jax.checkpoint import RUN_CONFIG_FILE, load_weights  # `checkpoint` names command()'s argument
 from rho_jax.config import ConfigError, base_config
 from rho_jax.data.corpora import eval_examples
 from rho_jax.data.inputs import heldout_dirs, heldout_rows
@@ -162,7 +162,7 @@ def few_shot_task(cfg, params, tokenizer, task: str, limit: int | None = None, s
 
 def _heldout_config(checkpoint: str, vocab: str, seq_len: int):
     """The data config for heldout:<source>: the run's own config.json when `checkpoint` is a workdir."""
-    path = epath.Path(checkpoint) / "config.json"
+    path = epath.Path(checkpoint) / RUN_CONFIG_FILE
     if path.exists():
         return ml_collections.ConfigDict(json.loads(path.read_text()))
     c = base_config()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ml_collections
 
-from rho_jax import config as config_lib, flops
+from rho_jax import checkpoint, config as config_lib, flops
 from rho_jax.data import prepare, rows as rows_lib
 
 # The continual-pretraining arms: objective fields over the CLM baseline (slm: config.cpt.score, ratio).
@@ -211,7 +211,7 @@ def _diff(a, b, prefix="") -> list[str]:
 def stage_done(cfg) -> bool:
     """True when the stage's final model exists; raises StageMismatch when its recorded config differs."""
     wd = Path(cfg.workdir)
-    recorded = wd / "config.json"
+    recorded = wd / checkpoint.RUN_CONFIG_FILE
     if recorded.exists():
         diff = _diff(json.loads(recorded.read_text()), json.loads(cfg.to_json()))
         # the Beam job's settings change no stage's training; they moved from data.* to prepare.*
