@@ -132,7 +132,7 @@ def _rows(n: int, seq_len: int, sh, keys=INPUT_KEYS) -> dict:
 def mode_label(spec: train.StepSpec) -> str:
     if not spec.slm:
         return "clm"
-    return f"slm {spec.reference}" if spec.uses_ref or spec.cached else f"slm {spec.score}"
+    return f"slm {spec.ref.kind}" if spec.uses_ref or spec.cached else f"slm {spec.score}"
 
 
 def run_programs(config, mesh, t_cfg: model.ModelConfig, r_cfg: model.ModelConfig) -> list[Program]:

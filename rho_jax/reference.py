@@ -70,9 +70,9 @@ class ReferenceMode:
 
     @property
     def random_ties(self) -> bool:
-        """Score ties broken at random: the EMA starts equal to the target, every excess 0, and the flat
-        index would pick the first rows."""
-        return self.kind is ReferenceKind.EMA
+        """Score ties broken at random: a copy of the target (the EMA) starts equal to it, every excess 0, and
+        the flat index would pick the first rows."""
+        return self.kind in _TARGET_SHAPED
 
 
 def resolve_reference(objective: ObjectiveSpec, kind: str, *, checkpoint: str = "", score_cache: str = "",

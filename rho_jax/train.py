@@ -36,6 +36,7 @@ from rho_jax import goldfish, gradients, microbatch, model, objective, sharding
 from rho_jax import config as config_lib
 from rho_jax import score as score_lib
 from rho_jax.batch import INPUT_KEYS
+from rho_jax.reference import ReferenceKind, ReferenceMode
 from rho_jax.score import reference_forward
 
 
@@ -62,13 +63,12 @@ class StepSpec:
     scope: str = "batch"
     weighting: str = "hard"
     temperature: float = 1.0
-    reference: str = "online"
+    ref: ReferenceMode = ReferenceMode(ReferenceKind.NONE)  # the resolved reference (rho_jax.reference)
     ce_chunk: int = 0
     grad_accum: int = 1
-    ema_decay: float = 0.999
     goldfish_k: int = 0
     goldfish_h: int = 13
-    random_ties: bool = False  # score ties broken at random (objective.random_tiebreak): the EMA reference
+    random_ties: bool = False  # score ties broken at random (objective.random_tiebreak): ReferenceMode.random_ties
 
     @classmethod
     def from_config(cls, config, target_cfg: model.ModelConfig, ref_cfg: model.ModelConfig | None):
@@ -79,30 +79,32 @@ class StepSpec:
         return cls(model=target_cfg, ref_model=ref_model,
                    mode=o.mode, ratio=o.ratio, ratio_end=o.ratio_end,
                    total_steps=run.steps, score=o.score, scope=o.scope, weighting=o.weighting,
-                   temperature=o.temperature, reference=ref.kind, ce_chunk=o.ce_chunk,
-                   grad_accum=run.grad_accum, ema_decay=float(config.objective.ema_decay),
+                   temperature=o.temperature, ref=ref, ce_chunk=o.ce_chunk, grad_accum=run.grad_accum,
                    goldfish_k=o.goldfish_k, goldfish_h=o.goldfish_h, random_ties=ref.random_ties)
 
     @property
     def slm(self) -> bool:
         return self.mode == "slm"
 
+    # What the step does for the reference, read from the resolved ReferenceMode (decided in reference.py).
     @property
     def uses_ref(self) -> bool:
         """Whether the score reads a reference at all (`random` and `target_loss` do not)."""
-        return self.slm and objective.needs_ref(self.score)
+        return self.ref.scored
 
     @property
     def online(self) -> bool:
-        return self.uses_ref and self.reference == "online"
+        """A separate reference model's forward runs in the step (its params are passed to the step)."""
+        return self.ref.loads_checkpoint
 
     @property
     def ema(self) -> bool:
-        return self.uses_ref and self.reference == "ema"
+        """The reference is a copy of the target's params kept in TrainState.ema_params and scored in the step."""
+        return self.ref.in_step and self.ref.target_shaped
 
     @property
     def cached(self) -> bool:  # the data layer supplies ref_ce whatever the score (stats use it)
-        return self.slm and self.reference == "cached"
+        return self.ref.kind is ReferenceKind.CACHED
 
     @property
     def needs_entropy(self) -> bool:
@@ -193,7 +195,7 @@ def train_step(spec: StepSpec, tx: optax.GradientTransformation, state: TrainSta
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         new_ema = state.ema_params
         if spec.ema:
-            d = spec.ema_decay
+            d = spec.ref.ema_decay
             new_ema = keep(jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, new_params), state.ema_params)
         new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
                                opt_state=keep(new_opt, state.opt_state), rng=rng, ema_params=new_ema)

@@ -119,6 +119,7 @@ def test_every_mode_resolves_to_its_reference(mode, score, kind, expected, tmp_p
     assert step.ref_model == {ReferenceKind.ONLINE: ref_cfg, ReferenceKind.EMA: m}.get(expected)
     assert (step.online, step.ema, step.cached) == (expected is ReferenceKind.ONLINE, expected is ReferenceKind.EMA,
                                                     expected is ReferenceKind.CACHED)
+    assert step.ref == ref  # the step reads the one resolved reference, nothing decoded again
     assert step.random_ties == (expected is ReferenceKind.EMA)
 
 
