@@ -39,11 +39,13 @@ def loss_and_grads(spec, params, rows: dict, inputs: ScoreInputs, selector: Sele
         return _select_in_loss(spec, params, rows, inputs, selector, rng)
     if selector is None:
         selection = _select(None, inputs, rng)
-    else:  # scores of every micro-batch first: the top-k must see the whole global batch
-        ce_BxL = microbatch.map_rows(lambda mb: _ce(spec, jax.lax.stop_gradient(params), mb), n)(rows)
-        selection = _select(selector, inputs.replace(ce_BxL=ce_BxL), rng)
-    loss, grads, ce_BxL = _weighted_grads(spec, params, rows, selection.weight_BxL)
-    return loss, grads, ce_BxL, selection
+        loss, grads, ce_BxL = _weighted_grads(spec, params, rows, selection.weight_BxL)
+        return loss, grads, ce_BxL, selection
+    # scores of every micro-batch first: the top-k must see the whole global batch
+    ce_BxL = microbatch.map_rows(lambda mb: _ce(spec, jax.lax.stop_gradient(params), mb), n)(rows)
+    selection = _select(selector, inputs.replace(ce_BxL=ce_BxL), rng)
+    loss, grads, _ = _weighted_grads(spec, params, rows, selection.weight_BxL)
+    return loss, grads, ce_BxL, selection  # the statistics read the CE the selection saw
 
 
 def _ce(spec, params, rows: dict) -> jax.Array:

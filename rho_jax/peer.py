@@ -46,7 +46,7 @@ class Peer:
         if not (seg == seg[:, :1]).all():
             raise ValueError("the peer runs one document per row (plain causal attention); "
                              "build the side-by-side batch with docs_per_row=1")
-        valid = np.zeros(seg.shape, bool)  # same rule as objective.shift_targets: the last column never trains
+        valid = np.zeros(seg.shape, bool)  # same rule as ce.shift_targets: the last column never trains
         valid[:, :-1] = (seg[:, :-1] != 0) & (seg[:, 1:] == seg[:, :-1])
         self.valid = torch.from_numpy(valid).to(device)
         self.n_valid = int(valid.sum())

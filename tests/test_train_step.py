@@ -89,7 +89,7 @@ def test_online_equals_cached(ref_params, reference, score_fn, grad_accum):
     for c in (c_on, c_ca):
         c.train.grad_accum = grad_accum
     p_on, h_on = run_steps(c_on, mesh, batches, ref)
-    micro = score.micro_batch_size(8, grad_accum)  # what `rho-jax score` uses: rows grouped as in training
+    micro = score.micro_batch_size(8, grad_accum)  # what `rho-jax score` uses (scores do not depend on which rows share a call)
     cached = []
     for b in batches:
         parts = [with_cached_scores({k: v[i:i + micro] for k, v in b.items()}, m_cfg, ref, mesh)
