@@ -254,11 +254,7 @@ def test_no_upward_imports():
                      f"{', '.join(FLOOR_NAMES)}):\n  " + "\n  ".join(bad))
 
 
-XFAIL_PRIVATE: dict[str, str] = {}  # module: why it still reads another package's private attributes (strict)
-
-
-@pytest.mark.parametrize("mod", [pytest.param(m, marks=pytest.mark.xfail(reason=XFAIL_PRIVATE[m], strict=True))
-                                 if m in XFAIL_PRIVATE else m for m in sorted(_modules())])
+@pytest.mark.parametrize("mod", sorted(_modules()))
 def test_no_private_attribute_of_another_module(mod):
     found = private_accesses(_modules()[mod])
     assert not found, f"{mod} uses private names it does not define (use a public API):\n  " + "\n  ".join(found)
