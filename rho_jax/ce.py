@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from rho_jax import model
+from rho_jax.projection import project
 
 
 def shift_targets(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -76,7 +77,7 @@ def chunked_cross_entropy(h_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax
         start = c * chunk_size
         col_C = start + jnp.arange(chunk_size, dtype=jnp.int32)
         real_C = col_C < v
-        raw = jnp.einsum("bld,dc->blc", h_BxLxD, w_DxC, preferred_element_type=jnp.float32)
+        raw = project("bld,dc->blc", h_BxLxD, w_DxC, preferred_element_type=jnp.float32)
         logits = jnp.where(real_C, raw, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(logits, axis=-1))  # finite: every chunk has a real column
         e = jnp.exp(logits - m_new[..., None])

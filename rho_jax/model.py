@@ -25,13 +25,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rho_jax.projection import PROJECTION, project
+
 Params = Any
 
+_cp = jax.checkpoint_policies
+# A projection's matmul runs inside projection.project's custom VJP, where the dot policies cannot see it; its
+# output carries the name PROJECTION, saved beside the dots (it is a dot with no batch dimensions).
 REMAT_POLICIES = {
     "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": _cp.nothing_saveable,
+    "dots_saveable": _cp.save_from_both_policies(_cp.dots_saveable, _cp.save_only_these_names(PROJECTION)),
+    "dots_with_no_batch_dims_saveable": _cp.save_from_both_policies(
+        _cp.dots_with_no_batch_dims_saveable, _cp.save_only_these_names(PROJECTION)),
 }
 ATTENTION_IMPLS = ("xla", "cudnn")
 
@@ -182,9 +188,9 @@ class Attention(nn.Module):
         wk = _param(self, "wk", (d, g, hd), ("embed", "kv_heads", "head_dim"), init)
         wv = _param(self, "wv", (d, g, hd), ("embed", "kv_heads", "head_dim"), init)
         wo = _param(self, "wo", (h, hd, d), ("q_heads", "head_dim", "embed"), init)
-        q = jnp.einsum("btd,dhk->bthk", x_BxTxD, wq.astype(dt))
-        k = jnp.einsum("btd,dgk->btgk", x_BxTxD, wk.astype(dt))
-        v = jnp.einsum("btd,dgk->btgk", x_BxTxD, wv.astype(dt))
+        q = project("btd,dhk->bthk", x_BxTxD, wq.astype(dt))
+        k = project("btd,dgk->btgk", x_BxTxD, wk.astype(dt))
+        v = project("btd,dgk->btgk", x_BxTxD, wv.astype(dt))
         q = nn.with_logical_constraint(rope(q, positions_BxT, cfg.rope_theta), ("batch", "length", "q_heads", "head_dim"))
         k = rope(k, positions_BxT, cfg.rope_theta)
         new_cache = None
@@ -200,7 +206,7 @@ class Attention(nn.Module):
         else:
             out = _attend_xla(q, k, v, mask_BxTxS)
         out = nn.with_logical_constraint(out, ("batch", "length", "q_heads", "head_dim"))
-        return jnp.einsum("bthk,hkd->btd", out, wo.astype(dt)), new_cache
+        return project("bthk,hkd->btd", out, wo.astype(dt)), new_cache
 
 
 class MLP(nn.Module):
@@ -213,10 +219,10 @@ class MLP(nn.Module):
         w_gate = _param(self, "w_gate", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), init)
         w_up = _param(self, "w_up", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), init)
         w_down = _param(self, "w_down", (cfg.d_ff, cfg.d_model), ("mlp", "embed"), init)
-        gate = jnp.einsum("btd,df->btf", x_BxTxD, w_gate.astype(dt))
-        up = jnp.einsum("btd,df->btf", x_BxTxD, w_up.astype(dt))
+        gate = project("btd,df->btf", x_BxTxD, w_gate.astype(dt))
+        up = project("btd,df->btf", x_BxTxD, w_up.astype(dt))
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return jnp.einsum("btf,fd->btd", hidden, w_down.astype(dt))
+        return project("btf,fd->btd", hidden, w_down.astype(dt))
 
 
 class DecoderLayer(nn.Module):
@@ -341,7 +347,7 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens, positions=None, seg
 @jax.named_scope("lm_head")  # names its ops in profiles (scripts/profile_step.py)
 def logits_from_hidden(cfg: ModelConfig, params: Params, h_BxLxD) -> jax.Array:
     w_DxV = head_kernel(cfg, params).astype(cfg.compute_dtype)
-    logits = jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)
+    logits = project("bld,dv->blv", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

@@ -24,7 +24,7 @@ MAX_FUNCTION_LINES = 80
 FLOORS = (
     ("base", ("__init__", "batch", "paths", "quiet", "assets")),
     # the definitions the config names (ModelConfig, mesh axes) and the model's file formats
-    ("model", ("model", "sharding", "interop", "checkpoint")),
+    ("model", ("model", "projection", "sharding", "interop", "checkpoint")),
     # pure functions over per-token arrays: CE, scores, top-k, weights (the config names their tables)
     ("objective", ("objective", "ce", "goldfish", "microbatch")),
     ("config", ("config", "storage", "run_spec", "reference")),
