@@ -23,6 +23,8 @@ import math
 
 import jax
 
+from rho_jax import model
+
 # Dense bf16 peak FLOP/s per chip, from vendor spec sheets.
 PEAK_FLOPS = {
     "h100": 989e12,
@@ -46,14 +48,24 @@ def matmul_params(cfg) -> int:
 
 
 def attention_flops_per_token(cfg, seq_len: int, passes: int, dense: bool = False) -> float:
-    # QK^T and AV: 2·s·d multiply-adds each per token and layer -> 4·s·d FLOPs. The model count halves it
-    # (causal); a dense kernel (XLA's einsum attention masks the upper half, it does not skip it) executes all.
-    return passes * cfg.n_layers * seq_len * cfg.n_heads * cfg.hd * (4.0 if dense else 2.0)
+    # QK^T and AV: 2·s·d multiply-adds each per token and layer -> 4·s·d FLOPs for the whole square. The model
+    # count halves it (causal); `dense` counts the share of the square that XLA's einsum attention executes.
+    share = executed_attention_share(cfg, seq_len) if dense else 0.5
+    return passes * cfg.n_layers * seq_len * cfg.n_heads * cfg.hd * 4.0 * share
+
+
+def executed_attention_share(cfg, seq_len: int) -> float:
+    """The share of the s² query-key pairs that the 'xla' attention computes: the query-chunked kernel
+    (attention_chunk < s) every pair, the plain one the causal blocks' sum (b - a)·b (model.causal_query_blocks)."""
+    if cfg.attention_chunk and seq_len > cfg.attention_chunk:
+        return 1.0
+    return sum((b - a) * b for a, b in model.causal_query_blocks(seq_len)) / seq_len**2
 
 
 def dense_attention(cfg) -> bool:
-    """Whether the model's attention executes every query-key pair: 'xla' (plain or query-chunked) masks
-    the causal half; cuDNN's fused kernel skips it."""
+    """Whether the model's attention computes masked query-key pairs ('xla': the query-chunked kernel all of
+    them, the plain one those inside its causal blocks; `executed_attention_share`); cuDNN's fused kernel skips
+    them."""
     return cfg.attention == "xla"
 
 
@@ -84,7 +96,7 @@ def recompute_flops_per_token(cfg, seq_len: int, ce_chunk: int = 0, dense: bool 
               "full": 2.0 * matmul_params(cfg) - head - down + attn}
     if cfg.remat not in layers:
         raise KeyError(f"no recompute count for remat={cfg.remat!r}; add it to rho_jax.flops")
-    scores = attn / 2 if cfg.attention_chunk and cfg.attention == "xla" else 0.0
+    scores = attn / 2 if cfg.attention == "xla" and cfg.attention_chunk and seq_len > cfg.attention_chunk else 0.0
     return layers[cfg.remat] + scores + (head if ce_chunk else 0.0)
 
 

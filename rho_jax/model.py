@@ -153,6 +153,32 @@ def _attend_xla(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS):
     return jnp.einsum("bhts,bshk->bthk", probs, v_BxSxHxK)
 
 
+CAUSAL_BLOCK_MIN = 64  # queries per causal block, at least (smaller blocks lose more to overhead than they skip)
+CAUSAL_BLOCKS_MAX = 8
+
+
+def causal_query_blocks(t: int) -> tuple[tuple[int, int], ...]:
+    """The query blocks [a, b) of causal self-attention over t positions (`_attend_causal`).
+
+    Block [a, b) reads keys [0, b) only: the keys after b are masked for all of its queries, so the kernel skips
+    them instead of computing scores that the mask zeroes. It executes sum (b - a)·b of the t² query-key pairs
+    (t = 256: 4 blocks, 62.5%; t = 2048: 8 blocks, 56%). At least CAUSAL_BLOCK_MIN queries a block and at most
+    CAUSAL_BLOCKS_MAX blocks, as near equal as t allows."""
+    n = max(1, min(CAUSAL_BLOCKS_MAX, t // CAUSAL_BLOCK_MIN))
+    edges = [round(i * t / n) for i in range(n + 1)]
+    return tuple(zip(edges[:-1], edges[1:]))
+
+
+@jax.named_scope("attention_core")  # names its ops in profiles (scripts/profile_step.py)
+def _attend_causal(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, mask_BxTxT):
+    """`_attend_xla` of self-attention (keys = the queries' own positions, mask causal) by `causal_query_blocks`.
+    Exact: a skipped key's probability is exp(finfo.min - max) = 0 (every row keeps its diagonal), so only the
+    order of the softmax's and the value product's sums changes (f32 rounding)."""
+    outs = [_attend_xla(q_BxTxHxK[:, a:b], k_BxTxGxK[:, :b], v_BxTxGxK[:, :b], mask_BxTxT[:, a:b, :b])
+            for a, b in causal_query_blocks(q_BxTxHxK.shape[1])]
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
 @jax.named_scope("attention_core")  # names its ops in profiles (scripts/profile_step.py)
 def _attend_xla_chunked(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, chunk: int):
     """`_attend_xla` over query blocks of `chunk` rows (T must divide into them), each under jax.checkpoint:
@@ -203,6 +229,8 @@ class Attention(nn.Module):
             out = _attend_cudnn(q, k, v, mask_BxTxS, self.plain_causal)
         elif cfg.attention_chunk and kv_cache is None and q.shape[1] > cfg.attention_chunk:
             out = _attend_xla_chunked(q, k, v, mask_BxTxS, cfg.attention_chunk)
+        elif kv_cache is None:
+            out = _attend_causal(q, k, v, mask_BxTxS)
         else:
             out = _attend_xla(q, k, v, mask_BxTxS)
         out = nn.with_logical_constraint(out, ("batch", "length", "q_heads", "head_dim"))

@@ -11,6 +11,10 @@ Standalone copies/transposes form their own group on both sides (a fused one cou
 Groups: QKV/O, MLP, attention core, CE/LM head, optimizer, copies/transposes, other (norms, RoPE, embedding,
 residuals, the layer loop, masks). Sums are op time per step (threads' op time added up), beside the wall step.
 Both sides alternate round by round in one process.
+
+The jax profiler itself slows XLA:CPU's step 1.5-2x (with its host and Python tracers off too), torch's hardly,
+so profiled milliseconds do not compare across the sides. Each side also runs its steps without a profiler; the
+"est." columns are a group's share of its side's op time times that side's unprofiled step.
 """
 import argparse
 import collections
@@ -41,9 +45,6 @@ def load_config(path: str):
     return module.get_config()
 
 
-QKV_O = ("btd,dhk->bthk", "btd,dgk->btgk", "bthk,hkd->btd")  # model.Attention's projection einsums
-
-
 def _scope(scope: str, op_name: str) -> bool:
     """Whether op_name runs inside `scope` (a module or named scope; `jvp(scope)` in a traced function)."""
     return re.search(rf"[/(]{scope}[/)]", op_name) is not None
@@ -62,7 +63,7 @@ def op_group(opcode: str, name: str, op_name: str) -> str:
         return "other"
     if _scope("attention_core", op_name) or _scope("attention_mask", op_name):
         return "attention core"
-    if _scope("attn", op_name) and any(spec in op_name for spec in QKV_O):
+    if _scope("attn", op_name):  # the rest of model.Attention: its four projections (forward and backward)
         return "QKV/O"
     if _scope("lm_head", op_name) or _scope("cross_entropy", op_name) or _scope("token_entropy", op_name):
         return "CE/LM head"
@@ -219,24 +220,37 @@ def _event_group(e, fwd_group):
     return g or "other"
 
 
+def plain_wall(fn, steps: int) -> float:
+    """ms per step of `fn` without a profiler (the jax profiler slows XLA:CPU's step 1.5-2x, unevenly)."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
 def table(config, mode, jr, tr, threads, load) -> str:
+    """Per group: op time under each profiler, its share of that side's op time, and the share times the side's
+    step without a profiler (the estimate that compares the sides; it assumes the profiler's slow-down is even)."""
     import torch
 
     m = config.model
     head = (f"#### Op-level profile, {mode}, d={m.d_model} L={m.n_layers} H={m.n_heads}/{m.n_kv_heads} ff={m.d_ff} "
             f"V={m.vocab_size}, batch {config.train.batch_size} × seq {config.data.seq_len}; jax {jax.__version__}, "
             f"torch {torch.__version__}; torch threads {threads}; load average {load}\n\n"
-            "| group | rho-jax (ms/step) | peer (ms/step) | rho-jax ÷ peer time |\n|---|---|---|---|\n")
+            "| group | rho-jax profiled (ms/step) | peer profiled (ms/step) | rho-jax share | peer share "
+            "| rho-jax est. (ms/step) | peer est. (ms/step) | rho-jax ÷ peer time (est.) |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    sa, sb = sum(jr["groups"].values()), sum(tr["groups"].values())
     rows = []
-    for g in GROUPS + ("sum of ops", "wall step"):
-        if g == "sum of ops":
-            a, b = sum(jr["groups"].values()), sum(tr["groups"].values())
-        elif g == "wall step":
-            a, b = jr["wall"], tr["wall"]
-        else:
-            a, b = jr["groups"].get(g, 0.0), tr["groups"].get(g, 0.0)
-        ratio = f"{a / b:.2f}" if b > 0 else "—"
-        rows.append(f"| {g} | {a:.1f} | {b:.1f} | {ratio} |")
+    for g in GROUPS:
+        a, b = jr["groups"].get(g, 0.0), tr["groups"].get(g, 0.0)
+        ea, eb = a / sa * jr["plain"], b / sb * tr["plain"]
+        ratio = f"{ea / eb:.2f}" if eb > 0 else "—"
+        rows.append(f"| {g} | {a:.1f} | {b:.1f} | {a / sa:.1%} | {b / sb:.1%} | {ea:.1f} | {eb:.1f} | {ratio} |")
+    rows.append(f"| sum of ops | {sa:.1f} | {sb:.1f} | 100% | 100% | | | |")
+    rows.append(f"| wall step, under the profiler | {jr['wall']:.1f} | {tr['wall']:.1f} | | | | | |")
+    rows.append(f"| wall step, no profiler | | | | | {jr['plain']:.1f} | {tr['plain']:.1f} "
+                f"| {jr['plain'] / tr['plain']:.2f} |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -261,12 +275,12 @@ def main():
         p.step()
     runs = {"jax": [], "torch": []}
     for _ in range(a.rounds):
-        runs["jax"].append(profile_jax(fn, text, a.steps))
-        runs["torch"].append(profile_torch(p, a.steps))
+        runs["jax"].append(dict(profile_jax(fn, text, a.steps), plain=plain_wall(fn, a.steps)))
+        runs["torch"].append(dict(profile_torch(p, a.steps), plain=plain_wall(p.step, a.steps)))
 
     def median(rs):
         return {"groups": {g: statistics.median(r["groups"].get(g, 0.0) for r in rs) for g in GROUPS},
-                "wall": statistics.median(r["wall"] for r in rs)}
+                "wall": statistics.median(r["wall"] for r in rs), "plain": statistics.median(r["plain"] for r in rs)}
 
     print(table(config, a.mode, median(runs["jax"]), median(runs["torch"]), torch.get_num_threads(),
                 f"{os.getloadavg()[0]:.1f}"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rho_jax import aot, estimate
+from rho_jax import aot, config as config_lib, estimate, flops
 
 REPO = Path(__file__).resolve().parents[1]
 RHO_JAX = str(Path(sys.executable).with_name("rho-jax"))
@@ -101,6 +101,16 @@ def test_scanned_layers_count_every_layer():
     gathers = {n: r.collectives["all-gather"] for n, r in step.items()}
     assert gathers[4][0] - gathers[2][0] == gathers[6][0] - gathers[4][0] > 0, gathers
     assert gathers[4][1] - gathers[2][1] == gathers[6][1] - gathers[4][1] > 0, gathers
+
+
+def test_causal_query_blocks_are_counted_as_executed():
+    """At 256 positions the plain XLA attention runs 4 causal query blocks, 62.5% of the score square; with query
+    chunks of 64 rows it computes the whole square. Each program's traced FLOPs equal rho_jax.flops' count."""
+    for overrides, share in ((dict(max_positions=256), 0.625), (dict(max_positions=256, attention_chunk=64), 1.0)):
+        c = tiny(model=overrides, data=dict(seq_len=256))
+        assert flops.executed_attention_share(config_lib.model_config(c), 256) == share
+        for r in aot.compile_config(c, "v5litepod-4"):
+            assert r.flops_ratio == pytest.approx(1.0, rel=1e-3), (overrides, r.program)
 
 
 def test_a_program_that_does_not_fit_is_one_error_line():

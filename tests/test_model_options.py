@@ -1,5 +1,6 @@
-"""Performance options of the model change nothing but speed and memory: query-chunked attention and unrolled
-layers give the scanned, unchunked model's logits and gradients on packed rows (same parameters)."""
+"""Performance options of the model change nothing but speed and memory: query-chunked attention, unrolled
+layers and the causal query blocks give the scanned, unchunked, one-block model's logits and gradients on packed
+rows (same parameters)."""
 
 import jax
 import jax.numpy as jnp
@@ -44,3 +45,22 @@ def test_chunk_must_divide_the_sequence():
                       batch["segment_ids"])
     with pytest.raises(ValueError, match="attention_chunk=-1"):
         BASE.replace(attention_chunk=-1)
+
+
+def test_causal_query_blocks_match_one_block(monkeypatch):
+    """200 positions run as 3 causal query blocks that skip the keys after each block: logits and gradients equal
+    the one-block attention's over the whole square."""
+    assert model.causal_query_blocks(200) == ((0, 67), (67, 133), (133, 200))
+    assert model.causal_query_blocks(100) == ((0, 100),)
+    assert len(model.causal_query_blocks(4096)) == model.CAUSAL_BLOCKS_MAX
+    cfg = BASE.replace(max_positions=256)
+    batch = packed_batch(seq=200)
+    params = model.init_params(cfg, jax.random.PRNGKey(0))
+    v1, l1, g1 = _loss_and_grads(cfg, params, batch)
+    monkeypatch.setattr(model, "CAUSAL_BLOCKS_MAX", 1)
+    assert model.causal_query_blocks(200) == ((0, 200),)
+    v0, l0, g0 = _loss_and_grads(cfg, params, batch)
+    np.testing.assert_allclose(np.asarray(l1), np.asarray(l0), atol=2e-5)
+    np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)

@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from rho_jax.interop import load_pretrained
-from rho_jax.model import ModelConfig, forward, param_shapes
+from rho_jax.model import ModelConfig, causal_query_blocks, forward, param_shapes
 
 forward = jax.jit(forward, static_argnums=0)  # one compile per shape beats op-by-op tracing
 
@@ -73,6 +73,15 @@ def test_logits_match_transformers(tmp_path, kind, overrides, expect):
     tokens = random_tokens(2, SEQ)
     ours = np.asarray(forward(cfg, params, tokens))
     np.testing.assert_allclose(ours, hf_logits(model, tokens), atol=TOL, rtol=0)
+
+
+def test_rows_longer_than_a_causal_block_match_transformers(tmp_path):
+    """160 positions: the attention runs as two causal query blocks (model.causal_query_blocks)."""
+    model = hf_model("llama", max_position_embeddings=256)
+    cfg, params = roundtrip(model, tmp_path)
+    assert len(causal_query_blocks(160)) == 2
+    tokens = random_tokens(2, 160)
+    np.testing.assert_allclose(np.asarray(forward(cfg, params, tokens)), hf_logits(model, tokens), atol=TOL, rtol=0)
 
 
 def test_mistral_sliding_window_matches_transformers(tmp_path):
