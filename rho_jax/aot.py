@@ -216,7 +216,7 @@ def compile_config(config, topology: str, hlo_dir: str = "") -> list[Result]:
     devices = abstract_devices(s)
     config_lib.validate(config, len(devices))
     mesh = sharding.mesh_from_config(config.mesh, devices)
-    t_cfg = config_lib.model_config(config)
+    t_cfg = config_lib.model_config(config, platform="tpu")
     return [compile_program(p, label, s, mesh, hlo_dir) for p in run_programs(config, mesh, t_cfg, t_cfg)]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import ml_collections
 
 from rho_jax import reference, run_spec
@@ -38,7 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, head_dim=0,
         rope_theta=10000.0, rms_eps=1e-5, max_positions=256, tie_embeddings=False, sliding_window=0,
-        arch="llama", dtype="float32", remat="none", attention="xla", attention_chunk=0, scan_layers=True,
+        arch="llama", dtype="float32", remat="none", attention="xla", attention_chunk=0,
+        scan_layers=ml_collections.config_dict.placeholder(bool),  # None: `layers_scanned` decides per platform
         init_std=0.02))
 
     c.init = ml_collections.ConfigDict(dict(
@@ -123,14 +125,27 @@ def data_config() -> ml_collections.ConfigDict:
     ))
 
 
-def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
+def layers_scanned(scan_layers: bool | None, platform: str | None = None) -> bool:
+    """config.model.scan_layers resolved for the platform the program runs on (default: this process's backend).
+
+    None (the default) unrolls the layer loop on CPU, where the scan's per-layer slices and zero-filled residual
+    stacks cost more than the loop saves (BENCHMARKS.md, issue 21), and scans it on GPU/TPU, where one compiled
+    body keeps compile time flat in the depth. True / False force it."""
+    if scan_layers is not None:
+        return bool(scan_layers)
+    return (platform or jax.default_backend()) != "cpu"
+
+
+def model_config(c: ml_collections.ConfigDict, platform: str | None = None) -> ModelConfig:
+    """config.model as a ModelConfig for `platform` (`layers_scanned`; `rho-jax compile` passes 'tpu')."""
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in c.model.to_dict().items() if k in fields})
+    kw = {k: v for k, v in c.model.to_dict().items() if k in fields}
+    return ModelConfig(**{**kw, "scan_layers": layers_scanned(kw.get("scan_layers"), platform)})
 
 
 def runtime_overrides(c: ml_collections.ConfigDict) -> dict:
     """config.model's RUNTIME_FIELDS, to apply to a loaded model (`checkpoint.load_weights(..., overrides=)`)."""
-    return {k: c.model[k] for k in RUNTIME_FIELDS}
+    return {k: layers_scanned(c.model[k]) if k == "scan_layers" else c.model[k] for k in RUNTIME_FIELDS}
 
 
 def mesh_rules(c: ml_collections.ConfigDict) -> tuple:

@@ -64,7 +64,7 @@ class ModelConfig:
     attention: str = "xla"  # "xla" (einsum, any mask) or "cudnn" (fused kernel on GPU)
     attention_chunk: int = 0  # xla only: > 0 scans query blocks of this many rows, each rematerialised,
     # so no [B, H, L, L] score tensor is ever whole (the memory of a full-batch step at long sequences)
-    scan_layers: bool = True  # False unrolls the layer loop (same parameters): faster for tiny CPU models
+    scan_layers: bool = True  # False unrolls the layer loop (same parameters); config.layers_scanned picks it
     init_std: float = 0.02
 
     def __post_init__(self):

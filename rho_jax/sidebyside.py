@@ -128,7 +128,7 @@ def table(config, rows: list[dict], name: str, iters: int) -> str:
             f"transformers {transformers.__version__}\n\n"
             f"model d={m.d_model} L={m.n_layers} H={m.n_heads}/{m.n_kv_heads} ff={m.d_ff} V={m.vocab_size}, "
             f"dtype {m.dtype}, remat {m.remat}, attention {m.attention}, scan_layers "
-            f"{m.get('scan_layers', True)}, ce_chunk {config.objective.ce_chunk}; batch {config.train.batch_size} × "
+            f"{config_lib.layers_scanned(m.get('scan_layers'))}, ce_chunk {config.objective.ce_chunk}; batch {config.train.batch_size} × "
             f"seq {config.data.seq_len}, one document per row. Median of {iters} steps, all runners alternating "
             f"step by step in one process.\n\n"
             "| mode | runner | step (ms) | tokens/s | min–max step (ms) | MFU | rho-jax ÷ best peer |\n"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import packed_batch
 
-from rho_jax import ce as ce_lib, model, objective
+from rho_jax import ce as ce_lib, config as config_lib, model, objective
 
 BASE = model.ModelConfig(vocab_size=97, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=64, max_positions=64)
 
@@ -64,3 +64,16 @@ def test_causal_query_blocks_match_one_block(monkeypatch):
     np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
+def test_layers_unroll_on_cpu_and_scan_on_accelerators_unless_the_config_says():
+    c = config_lib.base_config()
+    assert c.model.scan_layers is None
+    assert config_lib.model_config(c, platform="cpu").scan_layers is False
+    assert config_lib.model_config(c, platform="tpu").scan_layers is True
+    assert config_lib.model_config(c).scan_layers is (jax.default_backend() != "cpu")
+    c.model.scan_layers = True
+    assert config_lib.model_config(c, platform="cpu").scan_layers is True
+    assert config_lib.runtime_overrides(c)["scan_layers"] is True
+    c.model.scan_layers = False
+    assert config_lib.model_config(c, platform="gpu").scan_layers is False
