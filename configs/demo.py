@@ -9,8 +9,8 @@ problems behind the clean set, the noisy corpus and the held-out set are disjoin
 
 Proportions as the paper's, within reach of a toy: the reference trains on at most 25% of one CPT run's
 tokens (the paper: ~3%), scoring costs a third of a run (one forward per token read). Sized to finish in
-15 minutes on a quiet 2-core machine: about 1,000 training steps in all (base 100, reference 11, then
-3 seeds x (3 x 48 + 2 x 75) CPT steps), about 650 s of stages, plus the install.
+15 minutes on a quiet 2-core machine: about 1,400 training steps in all (base 100, reference 11, then
+3 seeds x (3 x 72 + 2 x 107) CPT steps), about 520 s of stages, plus the install.
 Every field can be overridden: `rho-jax demo --config.cpt.steps=50 --config.workdir=/tmp/d`.
 """
 
@@ -51,13 +51,13 @@ def get_config():
     # Stage 3: the reference model, the base continued on clean math (the paper: 3 epochs, cosine).
     c.reference = ml_collections.ConfigDict(dict(
         source="champ_clean",
-        epochs=1.0, batch_size=16, lr=1e-3, warmup_steps=2,  # 171 rows of 128: 11 steps, 0.23x a CPT run
+        epochs=1.0, batch_size=16, lr=1e-3, warmup_steps=2,  # 171 rows of 128: 11 steps, 0.15x a CPT run
     ))
 
     # Stage 5: continual pretraining of the base on the noisy mixture: every arm, every seed.
     c.cpt = ml_collections.ConfigDict(dict(
         source="math_noisy",
-        steps=48, batch_size=16, lr=1e-3, warmup_steps=3,  # 98k tokens per run
+        steps=72, batch_size=16, lr=1e-3, warmup_steps=3,  # 147k tokens per run
         ratio=0.6,  # SLM (and the random and document arms): share of tokens kept (paper: 0.6 at 1B)
         score="excess",  # SLM score function (rho_jax.objective.SCORE_FUNCTIONS)
         # of clm, slm, random (score='random'), document (scope='document'), reference_only (CLM on the clean set)
@@ -65,7 +65,7 @@ def get_config():
         arms="clm,slm,random,reference_only,clm_matched_flops",
         seeds="0,1,2",  # each arm runs once per seed
         eval_every=6,  # steps between held-out evaluations (the curves of the report; X and Y interpolate)
-        checkpoint_every=24,  # steps between kept checkpoints (token categories, solution loss)
+        checkpoint_every=36,  # steps between kept checkpoints (token categories, solution loss)
     ))
 
     # Stage 6: evaluation.
