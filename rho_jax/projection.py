@@ -3,7 +3,7 @@
 Autodiff transposes `einsum("btd,df->btf", x, w)` into dot(dy, x) followed by a transpose for dW. XLA:CPU folds
 that transpose into the elementwise fusion that produces dy, which then writes dy transposed ([N, F] -> [F, N],
 strided), and into a transposed-operand dot: together the MLP's forward + backward ran 1.3x slower than with
-the two products asked for directly (`scripts/op_scaling.py`, BENCHMARKS.md, issue 21). `project`'s backward
+the two products asked for directly (BENCHMARKS.md, "Issue 21, second pass"). `project`'s backward
 is exactly those products,
 
     dx = einsum(out,w->x, dy, w)      dw = einsum(x,out->w, x, dy)
@@ -36,7 +36,7 @@ def _einsum(spec: str, x, w):
 
 
 def _project_fwd(spec: str, x, w):
-    return jnp.einsum(spec, x, w), (x, w)
+    return _einsum(spec, x, w), (x, w)
 
 
 def _project_bwd(spec: str, res, dy):
